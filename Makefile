@@ -1,0 +1,52 @@
+# Signet developer entry points. `make test` is what CI runs (through .ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: all venv tools lint test test-unit test-cluster demo bench crds clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+## tools: build kube-apiserver, etcd, kube-controller-manager, kubectl and helm into .tools/bin
+tools:
+	@tools/build-tools.sh
+
+## lint: ruff, mypy (strict) and the import-layering contracts
+lint: venv
+	$(BIN)/ruff check operator tests hack bench
+	$(BIN)/ruff format --check operator tests hack bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## test: everything CI runs: lint, unit tests, cluster tests on a real control plane
+test: venv tools lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
+
+test-cluster: venv tools
+	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
+
+crds: venv
+	$(BIN)/python hack/gen_issuer_crds.py
+
+demo: venv tools
+	$(BIN)/python -m signet.demo $(if $(ONCE),--once,)
+
+bench: venv tools
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
