@@ -1,0 +1,7 @@
+"""``python -m signet.kms.emulator``."""
+
+import sys
+
+from signet.kms.emulator.cli import main
+
+sys.exit(main())
