@@ -33,6 +33,12 @@ def _kms_emulator(argv: Sequence[str]) -> int:
     return cli.main(list(argv))
 
 
+def _run(args: argparse.Namespace) -> int:
+    from signet.controller import main
+
+    return main.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip kube-controller-manager (no garbage collection or namespace deletion)",
     )
     up.set_defaults(func=_cluster_up)
+
+    run = commands.add_parser("run", help="run the operator")
+    from signet.controller.main import add_arguments
+
+    add_arguments(run)
+    run.set_defaults(func=_run)
 
     commands.add_parser(
         "kms-emulator",

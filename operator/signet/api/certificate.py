@@ -1,0 +1,287 @@
+"""`Certificate`: what a namespace asks for.
+
+Parsing is strict and total: every field the controller reads is checked here once, so the
+decision and issuance code can trust the dataclass and never poke at raw dicts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from signet.api.duration import parse_duration
+from signet.api.errors import SpecError
+
+KEY_SIZES = {"ECDSA": (256, 384), "RSA": (2048, 3072, 4096), "Ed25519": ()}
+DEFAULT_KEY_SIZE = {"ECDSA": 256, "RSA": 2048, "Ed25519": None}
+USAGES = (
+    "digital signature",
+    "key encipherment",
+    "server auth",
+    "client auth",
+    "code signing",
+    "email protection",
+)
+DEFAULT_USAGES = ("digital signature", "key encipherment", "server auth", "client auth")
+SSH_EXTENSIONS = (
+    "permit-pty",
+    "permit-port-forwarding",
+    "permit-agent-forwarding",
+    "permit-X11-forwarding",
+    "permit-user-rc",
+    "no-touch-required",
+)
+MIN_DURATION = datetime.timedelta(minutes=1)
+MAX_DURATION = datetime.timedelta(hours=87600)
+
+
+@dataclass(frozen=True)
+class IssuerRef:
+    name: str
+    kind: str = "Issuer"
+
+    @property
+    def cluster_scoped(self) -> bool:
+        return self.kind == "ClusterIssuer"
+
+
+@dataclass(frozen=True)
+class PrivateKeySpec:
+    algorithm: str = "ECDSA"
+    size: int | None = 256
+    rotation_policy: str = "Always"
+
+
+@dataclass(frozen=True)
+class Subject:
+    organizations: tuple[str, ...] = ()
+    organizational_units: tuple[str, ...] = ()
+    countries: tuple[str, ...] = ()
+    localities: tuple[str, ...] = ()
+    provinces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class X509Spec:
+    common_name: str | None = None
+    subject: Subject = field(default_factory=Subject)
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    uris: tuple[str, ...] = ()
+    email_addresses: tuple[str, ...] = ()
+    usages: tuple[str, ...] = DEFAULT_USAGES
+    spiffe_service_account: str | None = None
+
+
+@dataclass(frozen=True)
+class SSHSpec:
+    cert_type: str
+    principals: tuple[str, ...]
+    key_id: str | None = None
+    force_command: str | None = None
+    source_address: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ("permit-pty",)
+
+
+@dataclass(frozen=True)
+class CertificateSpec:
+    issuer_ref: IssuerRef
+    secret_name: str
+    duration: datetime.timedelta
+    renew_before: datetime.timedelta | None
+    private_key: PrivateKeySpec
+    x509: X509Spec | None = None
+    ssh: SSHSpec | None = None
+    secret_labels: Mapping[str, str] = field(default_factory=dict)
+    secret_annotations: Mapping[str, str] = field(default_factory=dict)
+
+    def content_hash(self) -> str:
+        """A fingerprint of everything that shapes the issued certificate.
+
+        Stored on the Secret: when it differs from the current spec, the identity no longer
+        matches what was asked and is re-issued. renewBefore, rotationPolicy and the
+        secretTemplate are left out on purpose: changing them must not cost a signature.
+        """
+        shaped = {
+            "issuer": asdict(self.issuer_ref),
+            "duration": self.duration.total_seconds(),
+            "key": [self.private_key.algorithm, self.private_key.size],
+            "x509": asdict(self.x509) if self.x509 else None,
+            "ssh": asdict(self.ssh) if self.ssh else None,
+        }
+        encoded = json.dumps(shaped, sort_keys=True, default=str).encode()
+        return hashlib.sha256(encoded).hexdigest()[:20]
+
+    def renew_before_or_default(self) -> datetime.timedelta:
+        """cert-manager's default: renew when two thirds of the lifetime have passed."""
+        return self.renew_before if self.renew_before is not None else self.duration / 3
+
+
+def _strings(value: Any, field_name: str, *, limit: int = 100) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SpecError("InvalidSpec", f"{field_name}: expected a list of strings")
+    if len(value) > limit:
+        raise SpecError("InvalidSpec", f"{field_name}: at most {limit} entries, got {len(value)}")
+    return tuple(value)
+
+
+def _mapping(value: Any, field_name: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError("InvalidSpec", f"{field_name}: expected an object")
+    return value
+
+
+def _private_key(raw: Mapping[str, Any]) -> PrivateKeySpec:
+    algorithm = raw.get("algorithm", "ECDSA")
+    if algorithm not in KEY_SIZES:
+        raise SpecError(
+            "UnsupportedKeyAlgorithm",
+            f"spec.privateKey.algorithm: {algorithm!r} is not one of ECDSA, RSA, Ed25519",
+        )
+    size = raw.get("size", DEFAULT_KEY_SIZE[algorithm])
+    if algorithm == "Ed25519":
+        if size is not None:
+            raise SpecError("UnsupportedKeySize", "spec.privateKey.size: Ed25519 keys have no size")
+    elif size not in KEY_SIZES[algorithm]:
+        raise SpecError(
+            "UnsupportedKeySize",
+            f"spec.privateKey.size: {algorithm} keys must be one of "
+            f"{', '.join(map(str, KEY_SIZES[algorithm]))} bits, got {size!r}",
+        )
+    rotation = raw.get("rotationPolicy", "Always")
+    if rotation not in ("Always", "Never"):
+        raise SpecError("InvalidSpec", f"spec.privateKey.rotationPolicy: {rotation!r}")
+    return PrivateKeySpec(algorithm, size, rotation)
+
+
+def _x509(raw: Mapping[str, Any]) -> X509Spec:
+    subject_raw = _mapping(raw.get("subject"), "spec.x509.subject")
+    subject = Subject(
+        organizations=_strings(subject_raw.get("organizations"), "subject.organizations"),
+        organizational_units=_strings(
+            subject_raw.get("organizationalUnits"), "subject.organizationalUnits"
+        ),
+        countries=_strings(subject_raw.get("countries"), "subject.countries"),
+        localities=_strings(subject_raw.get("localities"), "subject.localities"),
+        provinces=_strings(subject_raw.get("provinces"), "subject.provinces"),
+    )
+    ips = _strings(raw.get("ipAddresses"), "spec.x509.ipAddresses", limit=32)
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise SpecError(
+                "InvalidSpec", f"spec.x509.ipAddresses: {ip[:64]!r} is not an IP address"
+            ) from None
+    usages = _strings(raw.get("usages"), "spec.x509.usages", limit=8) or DEFAULT_USAGES
+    unknown = [u for u in usages if u not in USAGES]
+    if unknown:
+        raise SpecError("InvalidSpec", f"spec.x509.usages: unknown usage {unknown[0]!r}")
+    spiffe = _mapping(raw.get("spiffe"), "spec.x509.spiffe")
+    service_account = spiffe.get("serviceAccount") if spiffe else None
+    uris = _strings(raw.get("uris"), "spec.x509.uris", limit=16)
+    if service_account is not None and uris:
+        raise SpecError(
+            "InvalidSpec", "spec.x509: a SPIFFE X509-SVID carries exactly one URI; drop uris"
+        )
+    common_name = raw.get("commonName")
+    if common_name is not None and (not isinstance(common_name, str) or len(common_name) > 64):
+        raise SpecError("InvalidSpec", "spec.x509.commonName: a string of at most 64 characters")
+    spec = X509Spec(
+        common_name=common_name,
+        subject=subject,
+        dns_names=tuple(n.lower() for n in _strings(raw.get("dnsNames"), "spec.x509.dnsNames")),
+        ip_addresses=ips,
+        uris=uris,
+        email_addresses=_strings(raw.get("emailAddresses"), "spec.x509.emailAddresses", limit=16),
+        usages=usages,
+        spiffe_service_account=service_account,
+    )
+    if not (
+        spec.common_name
+        or spec.dns_names
+        or spec.ip_addresses
+        or spec.uris
+        or spec.email_addresses
+        or spec.spiffe_service_account
+    ):
+        raise SpecError("InvalidSpec", "spec.x509: name at least one identity (SAN or commonName)")
+    return spec
+
+
+def _ssh(raw: Mapping[str, Any]) -> SSHSpec:
+    cert_type = raw.get("type")
+    if cert_type not in ("user", "host"):
+        raise SpecError("InvalidSpec", f"spec.ssh.type: must be user or host, got {cert_type!r}")
+    principals = _strings(raw.get("principals"), "spec.ssh.principals", limit=64)
+    if not principals:
+        raise SpecError("InvalidSpec", "spec.ssh.principals: at least one principal is required")
+    options = _mapping(raw.get("criticalOptions"), "spec.ssh.criticalOptions")
+    extensions = _strings(raw.get("extensions"), "spec.ssh.extensions", limit=8)
+    unknown = [e for e in extensions if e not in SSH_EXTENSIONS]
+    if unknown:
+        raise SpecError("InvalidSpec", f"spec.ssh.extensions: unknown extension {unknown[0]!r}")
+    if cert_type == "host" and (options or extensions):
+        raise SpecError(
+            "InvalidSpec", "spec.ssh: host certificates carry no critical options or extensions"
+        )
+    key_id = raw.get("keyId")
+    if key_id is not None and not isinstance(key_id, str):
+        raise SpecError("InvalidSpec", "spec.ssh.keyId: expected a string")
+    return SSHSpec(
+        cert_type=cert_type,
+        principals=principals,
+        key_id=key_id,
+        force_command=options.get("forceCommand"),
+        source_address=_strings(options.get("sourceAddress"), "sourceAddress", limit=32),
+        extensions=extensions if "extensions" in raw else (() if cert_type == "host" else ("permit-pty",)),
+    )
+
+
+def parse_certificate_spec(spec: Mapping[str, Any]) -> CertificateSpec:
+    """Validate a Certificate's ``spec``; raise `SpecError` on the first problem."""
+    issuer_raw = _mapping(spec.get("issuerRef"), "spec.issuerRef")
+    issuer_name = issuer_raw.get("name")
+    if not isinstance(issuer_name, str) or not issuer_name:
+        raise SpecError("InvalidSpec", "spec.issuerRef.name is required")
+    kind = issuer_raw.get("kind", "Issuer")
+    if kind not in ("Issuer", "ClusterIssuer"):
+        raise SpecError("InvalidIssuerRef", f"spec.issuerRef.kind: {kind!r} is not Issuer or ClusterIssuer")
+    if issuer_raw.get("group", "signet.dev") != "signet.dev":
+        raise SpecError("InvalidIssuerRef", "spec.issuerRef.group: only signet.dev is served")
+    secret_name = spec.get("secretName")
+    if not isinstance(secret_name, str) or not secret_name:
+        raise SpecError("InvalidSpec", "spec.secretName is required")
+    duration = parse_duration(spec.get("duration", "24h"), field="spec.duration")
+    if not MIN_DURATION <= duration <= MAX_DURATION:
+        raise SpecError("InvalidDuration", "spec.duration: must be between 1m and 87600h")
+    renew_before = None
+    if spec.get("renewBefore") is not None:
+        renew_before = parse_duration(spec["renewBefore"], field="spec.renewBefore")
+        if renew_before >= duration:
+            raise SpecError("InvalidDuration", "spec.renewBefore must be shorter than spec.duration")
+    has_x509, has_ssh = spec.get("x509") is not None, spec.get("ssh") is not None
+    if has_x509 == has_ssh:
+        raise SpecError("InvalidSpec", "exactly one of spec.x509 or spec.ssh must be set")
+    template = _mapping(spec.get("secretTemplate"), "spec.secretTemplate")
+    private_key = _private_key(_mapping(spec.get("privateKey"), "spec.privateKey"))
+    return CertificateSpec(
+        issuer_ref=IssuerRef(issuer_name, kind),
+        secret_name=secret_name,
+        duration=duration,
+        renew_before=renew_before,
+        private_key=private_key,
+        x509=_x509(_mapping(spec["x509"], "spec.x509")) if has_x509 else None,
+        ssh=_ssh(_mapping(spec["ssh"], "spec.ssh")) if has_ssh else None,
+        secret_labels=dict(_mapping(template.get("labels"), "secretTemplate.labels")),
+        secret_annotations=dict(_mapping(template.get("annotations"), "secretTemplate.annotations")),
+    )

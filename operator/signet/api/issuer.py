@@ -1,0 +1,161 @@
+"""`Issuer` and `ClusterIssuer`: a KMS key version plus the policy that bounds its use."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from signet.api.duration import parse_duration
+from signet.api.errors import SpecError
+
+KEY_VERSION = re.compile(
+    r"^projects/[a-z][a-z0-9-]{4,61}[a-z0-9]/locations/[a-z0-9-]{1,63}/keyRings/[a-zA-Z0-9_-]{1,63}"
+    r"/cryptoKeys/[a-zA-Z0-9_-]{1,63}/cryptoKeyVersions/[0-9]{1,10}$"
+)
+TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+
+DEFAULT_DNS_PATTERNS = ("*.{namespace}.svc", "*.{namespace}.svc.cluster.local")
+DEFAULT_URI_PATTERNS = ("spiffe://{trustDomain}/ns/{namespace}/sa/*",)
+DEFAULT_SSH_PRINCIPAL_PATTERNS = ("{namespace}-*",)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What an issuer grants. ``None`` means "the default"; an empty tuple grants nothing.
+
+    Defaults are deliberately narrow: a namespace gets names under its own
+    ``<namespace>.svc`` domain, SPIFFE IDs of its own ServiceAccounts and SSH principals
+    prefixed with its name. Anything wider is the platform team's explicit choice.
+    """
+
+    max_duration: datetime.timedelta = datetime.timedelta(hours=2160)
+    allowed_dns_names: tuple[str, ...] = DEFAULT_DNS_PATTERNS
+    allowed_ip_ranges: tuple[str, ...] = ()
+    allowed_uris: tuple[str, ...] = DEFAULT_URI_PATTERNS
+    allowed_email_addresses: tuple[str, ...] = ()
+    allowed_common_names: tuple[str, ...] | None = None
+    allowed_ssh_principals: tuple[str, ...] = DEFAULT_SSH_PRINCIPAL_PATTERNS
+    allowed_ssh_types: tuple[str, ...] = ("user", "host")
+    allowed_key_algorithms: tuple[str, ...] = ("ECDSA", "RSA", "Ed25519")
+
+
+@dataclass(frozen=True)
+class CASecretRef:
+    name: str
+    key: str = "ca.crt"
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class SelfSignedCA:
+    common_name: str
+    organization: str | None
+    duration: datetime.timedelta
+
+
+@dataclass(frozen=True)
+class IssuerSpec:
+    kind: str
+    name: str
+    namespace: str | None
+    key_version: str
+    ca_secret: CASecretRef | None
+    self_signed: SelfSignedCA | None
+    ssh_enabled: bool
+    trust_domain: str
+    policy: Policy
+    namespace_selector: Mapping[str, Any] | None = field(default=None)
+
+    @property
+    def x509_enabled(self) -> bool:
+        return self.ca_secret is not None or self.self_signed is not None
+
+    @property
+    def ref(self) -> str:
+        """How humans and annotations name this issuer: ``Kind/name`` or ``Kind/ns/name``."""
+        if self.namespace:
+            return f"{self.kind}/{self.namespace}/{self.name}"
+        return f"{self.kind}/{self.name}"
+
+
+def _patterns(raw: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SpecError("InvalidPolicy", f"spec.policy.{key}: expected a list of strings")
+    return tuple(value)
+
+
+def _policy(raw: Mapping[str, Any]) -> Policy:
+    max_duration = parse_duration(raw.get("maxDuration", "2160h"), field="spec.policy.maxDuration")
+    ranges = _patterns(raw, "allowedIPRanges", ())
+    for cidr in ranges:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise SpecError("InvalidPolicy", f"spec.policy.allowedIPRanges: {cidr!r} is not a CIDR") from None
+    common_names = raw.get("allowedCommonNames")
+    return Policy(
+        max_duration=max_duration,
+        allowed_dns_names=_patterns(raw, "allowedDNSNames", DEFAULT_DNS_PATTERNS),
+        allowed_ip_ranges=ranges,
+        allowed_uris=_patterns(raw, "allowedURIs", DEFAULT_URI_PATTERNS),
+        allowed_email_addresses=_patterns(raw, "allowedEmailAddresses", ()),
+        allowed_common_names=None if common_names is None else _patterns(raw, "allowedCommonNames", ()),
+        allowed_ssh_principals=_patterns(raw, "allowedSSHPrincipals", DEFAULT_SSH_PRINCIPAL_PATTERNS),
+        allowed_ssh_types=_patterns(raw, "allowedSSHCertificateTypes", ("user", "host")),
+        allowed_key_algorithms=_patterns(raw, "allowedKeyAlgorithms", ("ECDSA", "RSA", "Ed25519")),
+    )
+
+
+def parse_issuer_spec(
+    kind: str, name: str, namespace: str | None, spec: Mapping[str, Any]
+) -> IssuerSpec:
+    """Validate an Issuer/ClusterIssuer ``spec``; raise `SpecError` on the first problem."""
+    key_version = ((spec.get("kms") or {}).get("cloudKMS") or {}).get("keyVersion")
+    if not isinstance(key_version, str) or not KEY_VERSION.match(key_version):
+        raise SpecError(
+            "InvalidKeyVersion",
+            "spec.kms.cloudKMS.keyVersion must be projects/P/locations/L/keyRings/R/cryptoKeys/K"
+            f"/cryptoKeyVersions/N, got {str(key_version)[:200]!r}",
+        )
+    x509 = spec.get("x509") or {}
+    ca_secret = self_signed = None
+    if x509.get("caSecretRef") is not None and x509.get("selfSigned") is not None:
+        raise SpecError("InvalidSpec", "spec.x509: set caSecretRef or selfSigned, not both")
+    if x509.get("caSecretRef") is not None:
+        ref = x509["caSecretRef"]
+        ca_secret = CASecretRef(ref["name"], ref.get("key", "ca.crt"), ref.get("namespace"))
+    elif x509.get("selfSigned") is not None:
+        raw = x509["selfSigned"]
+        self_signed = SelfSignedCA(
+            common_name=raw.get("commonName") or name,
+            organization=raw.get("organization"),
+            duration=parse_duration(raw.get("duration", "87600h"), field="spec.x509.selfSigned.duration"),
+        )
+    elif "x509" in spec:
+        raise SpecError("InvalidSpec", "spec.x509: set caSecretRef or selfSigned")
+    ssh_enabled = bool((spec.get("ssh") or {}).get("enabled", "ssh" in spec))
+    if ca_secret is None and self_signed is None and not ssh_enabled:
+        raise SpecError("InvalidSpec", "an issuer must enable x509, ssh, or both")
+    trust_domain = spec.get("trustDomain", "cluster.local")
+    if not isinstance(trust_domain, str) or not TRUST_DOMAIN.match(trust_domain):
+        raise SpecError("InvalidTrustDomain", f"spec.trustDomain: {str(trust_domain)[:64]!r} is not a SPIFFE trust domain")
+    selector = spec.get("namespaceSelector") if kind == "ClusterIssuer" else None
+    return IssuerSpec(
+        kind=kind,
+        name=name,
+        namespace=namespace,
+        key_version=key_version,
+        ca_secret=ca_secret,
+        self_signed=self_signed,
+        ssh_enabled=ssh_enabled,
+        trust_domain=trust_domain,
+        policy=_policy(spec.get("policy") or {}),
+        namespace_selector=selector,
+    )

@@ -1,0 +1,1 @@
+"""kopf glue: watch events in, reconcile passes out. Decisions live elsewhere."""

@@ -1,0 +1,609 @@
+"""Certificates: one reconcile pass turns a Certificate into a Secret and a status.
+
+The pass is: read what we know (the Certificate body from the watch, the Secret summary
+from the Secret watch, the issuer's material) -> `decide` -> maybe issue -> write the
+Secret -> write status -> schedule the next look. Only the issue step costs a KMS
+signature and only changed things cost API writes, which is why a restart over healthy
+Certificates is free.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from kubernetes.client import ApiException
+
+from signet import issuance, policy
+from signet.api import GROUP, VERSION, SpecError
+from signet.api.certificate import CertificateSpec, parse_certificate_spec
+from signet.controller import status as st
+from signet.controller.issuers import IssuerController, IssuerId
+from signet.controller.kubeapi import KubeApi, Obj
+from signet.controller.trust import TrustPublisher
+from signet.kms.cloudkms import KmsError
+from signet.observe.audit import AuditLog
+from signet.observe.events import EventPoster
+from signet.observe.metrics import Metrics
+from signet.pki import keys
+from signet.renewal.decisions import (
+    Action,
+    CertificateView,
+    Decision,
+    IssuerKey,
+    decide,
+    renewal_time,
+    retry_delay,
+)
+from signet.secrets import layout
+from signet.secrets.inspect import SecretSummary, summarize
+
+logger = logging.getLogger(__name__)
+
+CertId = tuple[str, str]
+SecretId = tuple[str, str]
+RENEW_ANNOTATION = "signet.dev/renew-requested-at"
+RETRYABLE_WRITE = frozenset({409, 429, 500, 502, 503, 504})
+
+
+@dataclass
+class Failure:
+    attempts: int
+    generation: int
+    next_retry: datetime.datetime
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _resource_version(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return -1
+
+
+class CertificateController:
+    def __init__(
+        self,
+        api: KubeApi,
+        events: EventPoster,
+        audit: AuditLog,
+        metrics: Metrics,
+        issuers: IssuerController,
+        trust: TrustPublisher,
+        *,
+        schedule: Callable[[CertId, float], None],
+        namespace_labels: Callable[[str], Awaitable[dict[str, str] | None]],
+    ) -> None:
+        self._api = api
+        self._events = events
+        self._audit = audit
+        self._metrics = metrics
+        self._issuers = issuers
+        self._trust = trust
+        self._schedule = schedule
+        self._namespace_labels = namespace_labels
+        self.pending: dict[CertId, Obj] = {}
+        self.secrets: dict[SecretId, SecretSummary] = {}
+        self._secret_users: dict[SecretId, set[CertId]] = {}
+        self._cert_secret: dict[CertId, SecretId] = {}
+        self._issuer_users: dict[IssuerId, set[CertId]] = {}
+        self._cert_issuer: dict[CertId, IssuerId] = {}
+        self._failures: dict[CertId, Failure] = {}
+
+    # -- watch input ----------------------------------------------------------------------
+    def observe_certificate(self, body: Obj, deleted: bool) -> CertId:
+        metadata = body["metadata"]
+        ident = (metadata["namespace"], metadata["name"])
+        if deleted:
+            self.pending.pop(ident, None)
+            self._forget(ident)
+        else:
+            self.pending[ident] = body
+            self._index(ident, body.get("spec") or {})
+        return ident
+
+    def observe_secret(self, body: Obj, deleted: bool) -> None:
+        metadata = body["metadata"]
+        ident = (metadata["namespace"], metadata["name"])
+        current = self.secrets.get(ident)
+        if deleted:
+            self.secrets.pop(ident, None)
+        else:
+            version = str(metadata.get("resourceVersion", ""))
+            if current is not None and (
+                current.resource_version == version
+                or _resource_version(version) < _resource_version(current.resource_version)
+            ):
+                return  # our own write, already summarised, or a stale event
+            self.secrets[ident] = summarize(body)
+        for cert in self._secret_users.get(ident, ()):
+            self._schedule(cert, 0)
+
+    def load_secrets(self, items: list[Obj]) -> None:
+        for item in items:
+            self.observe_secret(item, deleted=False)
+
+    def on_issuer_change(self, issuer: IssuerId) -> None:
+        """An issuer became ready, changed or went away: look again now, without waiting
+        out a backoff that was about the issuer, not the Certificate."""
+        for cert in list(self._issuer_users.get(issuer, ())):
+            self._failures.pop(cert, None)
+            self._schedule(cert, 0)
+
+    def on_namespace_change(self, namespace: str) -> None:
+        for cert, issuer in list(self._cert_issuer.items()):
+            if cert[0] == namespace and issuer[0] == "ClusterIssuer":
+                self._schedule(cert, 0)
+
+    def _index(self, ident: CertId, spec: Obj) -> None:
+        secret_name = spec.get("secretName")
+        issuer_ref = spec.get("issuerRef") or {}
+        if isinstance(secret_name, str):
+            self._move(self._cert_secret, self._secret_users, ident, (ident[0], secret_name))
+        name = issuer_ref.get("name")
+        if isinstance(name, str):
+            kind = issuer_ref.get("kind", "Issuer")
+            issuer = ("ClusterIssuer", "", name) if kind == "ClusterIssuer" else ("Issuer", ident[0], name)
+            self._move(self._cert_issuer, self._issuer_users, ident, issuer)
+
+    @staticmethod
+    def _move(forward: dict[CertId, Any], reverse: dict[Any, set[CertId]], ident: CertId, target: Any) -> None:
+        old = forward.get(ident)
+        if old == target:
+            return
+        if old is not None:
+            users = reverse.get(old)
+            if users:
+                users.discard(ident)
+                if not users:
+                    del reverse[old]
+        forward[ident] = target
+        reverse.setdefault(target, set()).add(ident)
+
+    def _forget(self, ident: CertId) -> None:
+        for forward, reverse in (
+            (self._cert_secret, self._secret_users),
+            (self._cert_issuer, self._issuer_users),
+        ):
+            old = forward.pop(ident, None)
+            if old is not None and old in reverse:
+                reverse[old].discard(ident)
+                if not reverse[old]:
+                    del reverse[old]
+        self._failures.pop(ident, None)
+        self._metrics.forget_certificate(ident)
+
+    # -- reconcile ------------------------------------------------------------------------
+    async def reconcile(self, ident: CertId) -> None:
+        namespace, name = ident
+        body = self.pending.pop(ident, None)
+        if body is None:
+            body = await self._api.get_object("Certificate", namespace, name)
+            if body is None:
+                self._forget(ident)
+                return
+        if body["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            spec = parse_certificate_spec(body.get("spec") or {})
+        except SpecError as error:
+            await self._fail(body, None, error.reason, error.message, retry=False)
+            return
+        issuer_ident: IssuerId = (
+            ("ClusterIssuer", "", spec.issuer_ref.name)
+            if spec.issuer_ref.cluster_scoped
+            else ("Issuer", namespace, spec.issuer_ref.name)
+        )
+        issuer_state = self._issuers.states.get(issuer_ident)
+        material = issuer_state.material if issuer_state and issuer_state.ready else None
+        issuer_key = (
+            IssuerKey(material.kms_key.key_version, material.ca_key_id(spec.ssh is not None))
+            if material
+            else None
+        )
+        summary = self.secrets.get((namespace, spec.secret_name))
+        view = CertificateView(
+            namespace,
+            name,
+            body["metadata"]["uid"],
+            spec,
+            renew_requested_at=(body["metadata"].get("annotations") or {}).get(RENEW_ANNOTATION),
+        )
+        decision = decide(view, summary, issuer_key, _now())
+        if decision.action is Action.REFUSE:
+            await self._fail(body, spec, decision.reason, decision.message, retry=False)
+            return
+        if decision.action is Action.REPAIR_METADATA:
+            assert summary is not None
+            await self._repair_metadata(body, spec, summary, decision)
+            summary = self.secrets.get((namespace, spec.secret_name), summary)
+        if decision.action in (Action.NOTHING, Action.REPAIR_METADATA):
+            assert summary is not None
+            self._failures.pop(ident, None)
+            await self._write_ready_status(body, spec, summary, decision.wake_at)
+            if decision.wake_at is not None:
+                self._schedule(ident, (decision.wake_at - _now()).total_seconds())
+            if material is not None:
+                await self._trust.publish(issuer_ident, material, namespace)
+            return
+        await self._issue(body, spec, issuer_ident, issuer_state, decision, summary)
+
+    async def _issue(
+        self,
+        body: Obj,
+        spec: CertificateSpec,
+        issuer_ident: IssuerId,
+        issuer_state: Any,
+        decision: Decision,
+        summary: SecretSummary | None,
+    ) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        ident = (namespace, name)
+        if issuer_state is None and issuer_ident in self._issuers.pending:
+            return  # observed but not resolved yet; on_issuer_change wakes us
+        if issuer_state is None:
+            await self._fail(
+                body,
+                spec,
+                "IssuerNotFound",
+                f"{issuer_ident[0]} {spec.issuer_ref.name!r} not found"
+                + (f" in namespace {namespace!r}" if issuer_ident[1] else ""),
+                retry=True,
+            )
+            return
+        if not issuer_state.ready:
+            await self._fail(
+                body,
+                spec,
+                "IssuerNotReady",
+                f"{issuer_ident[0]} {spec.issuer_ref.name!r} is not ready: {issuer_state.reason}: "
+                f"{issuer_state.message}",
+                retry=True,
+            )
+            return
+        material = issuer_state.material
+        if issuer_ident[0] == "ClusterIssuer":
+            labels = await self._namespace_labels(namespace)
+            if labels is None or not policy.namespace_selected(material.spec.namespace_selector, labels):
+                await self._fail(
+                    body,
+                    spec,
+                    "NamespaceNotAllowed",
+                    f"ClusterIssuer {spec.issuer_ref.name!r} does not serve namespace {namespace!r} "
+                    "(its namespaceSelector does not select it)",
+                    retry=False,
+                )
+                return
+        denial = policy.check(spec, material.spec, namespace)
+        if denial is not None:
+            await self._fail(body, spec, denial.reason, denial.message, retry=False, denied=True)
+            return
+        generation = int(body["metadata"].get("generation") or 0)
+        failure = self._failures.get(ident)
+        if failure and failure.generation == generation and _now() < failure.next_retry:
+            self._schedule(ident, (failure.next_retry - _now()).total_seconds())
+            return
+        if summary is not None and summary.secret_type != (
+            layout.SSH_TYPE if spec.ssh else layout.TLS_TYPE
+        ):
+            await self._fail(
+                body,
+                spec,
+                "SecretTypeChanged",
+                f"Secret {spec.secret_name!r} has type {summary.secret_type}; a Secret's type cannot "
+                "change: delete the Secret or choose another secretName",
+                retry=False,
+            )
+            return
+        try:
+            reuse = await self._reusable_key(spec, summary)
+            issued = await issuance.issue(material, spec, namespace=namespace, name=name, reuse_key=reuse)
+        except KmsError as error:
+            await self._fail(body, spec, error.reason, str(error), retry=True)
+            return
+        except ValueError as error:
+            await self._fail(body, spec, "InvalidRequest", str(error), retry=False)
+            return
+        revision = int((body.get("status") or {}).get("revision") or 0) + 1
+        try:
+            written = await self._write_secret(body, spec, material, issued, summary, revision)
+        except ApiException as error:
+            if error.status == 409:
+                await self._refresh_secret(namespace, spec.secret_name)
+                self._schedule(ident, 0)
+                return
+            await self._fail(
+                body, spec, "SecretWriteFailed", f"writing Secret failed: HTTP {error.status} {error.reason}", retry=True
+            )
+            return
+        summary = summarize(written)
+        self.secrets[(namespace, spec.secret_name)] = summary
+        self._failures.pop(ident, None)
+        self._audit.record(
+            outcome="issued",
+            issuer=material.spec.ref,
+            keyVersion=material.kms_key.key_version,
+            keyAlgorithm=material.kms_key.algorithm,
+            certificate={"namespace": namespace, "name": name, "uid": body["metadata"]["uid"]},
+            secret=spec.secret_name,
+            trigger=decision.reason,
+            serialNumber=issued.serial,
+            notBefore=st.timestamp(issued.not_before),
+            notAfter=st.timestamp(issued.not_after),
+            publicKeyFingerprint=issued.public_key_fingerprint,
+            spiffeID=issued.spiffe_id,
+            revision=revision,
+            **issued.audit,
+        )
+        self._metrics.issuances.labels("success", decision.reason).inc()
+        self._events.post(
+            body,
+            type="Normal",
+            reason="Issued",
+            message=f"issued serial {issued.serial} ({decision.reason}: {decision.message}), "
+            f"valid until {st.timestamp(issued.not_after)}",
+        )
+        due = _renewal(body, spec, summary)
+        await self._write_ready_status(body, spec, summary, due, trigger=decision, revision=revision)
+        self._schedule(ident, (due - _now()).total_seconds())
+        await self._trust.publish(issuer_ident, material, namespace)
+
+    async def _reusable_key(self, spec: CertificateSpec, summary: SecretSummary | None) -> keys.LeafPrivateKey | None:
+        """rotationPolicy Never: keep the key in an intact Secret if it fits the spec."""
+        if spec.private_key.rotation_policy != "Never" or summary is None or summary.problem:
+            return None
+        secret = await self._api.get_secret(summary.namespace, summary.name)
+        if secret is None:
+            return None
+        field = layout.SSH_PRIVATE_KEY if spec.ssh else layout.TLS_KEY
+        encoded = (secret.get("data") or {}).get(field)
+        if not encoded:
+            return None
+        try:
+            key = keys.load_private_key(base64.b64decode(encoded))
+        except ValueError:
+            return None
+        return key if _key_fits(key, spec) else None
+
+    async def _refresh_secret(self, namespace: str, name: str) -> None:
+        secret = await self._api.get_secret(namespace, name)
+        if secret is None:
+            self.secrets.pop((namespace, name), None)
+        else:
+            self.secrets[(namespace, name)] = summarize(secret)
+
+    async def _write_secret(
+        self,
+        body: Obj,
+        spec: CertificateSpec,
+        material: issuance.IssuerMaterial,
+        issued: issuance.Issued,
+        summary: SecretSummary | None,
+        revision: int,
+    ) -> Obj:
+        metadata = body["metadata"]
+        annotations = {
+            **spec.secret_annotations,
+            **issued.annotations,
+            layout.CERTIFICATE_NAME: metadata["name"],
+            layout.ISSUER_NAME: spec.issuer_ref.name,
+            layout.ISSUER_KIND: spec.issuer_ref.kind,
+            layout.ISSUER_GROUP: GROUP,
+            layout.KEY_VERSION: material.kms_key.key_version,
+            layout.SPEC_HASH: spec.content_hash(),
+            layout.REVISION: str(revision),
+            layout.ISSUED_AT: st.timestamp(_now()) or "",
+        }
+        secret: Obj = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": issued.secret_type,
+            "metadata": {
+                "name": spec.secret_name,
+                "namespace": metadata["namespace"],
+                "labels": {
+                    **spec.secret_labels,
+                    layout.MANAGED_BY_LABEL: layout.MANAGED_BY,
+                    layout.CERTIFICATE_LABEL: layout.certificate_label_value(metadata["name"]),
+                },
+                "annotations": annotations,
+                "ownerReferences": [
+                    {
+                        "apiVersion": f"{GROUP}/{VERSION}",
+                        "kind": "Certificate",
+                        "name": metadata["name"],
+                        "uid": metadata["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": False,
+                    }
+                ],
+            },
+            "data": {k: base64.b64encode(v).decode() for k, v in issued.data.items()},
+        }
+        if summary is None:
+            self._metrics.secret_writes.labels("create").inc()
+            return await self._api.create_secret(metadata["namespace"], secret)
+        secret["metadata"]["resourceVersion"] = summary.resource_version
+        self._metrics.secret_writes.labels("replace").inc()
+        return await self._api.replace_secret(metadata["namespace"], spec.secret_name, secret)
+
+    async def _repair_metadata(
+        self, body: Obj, spec: CertificateSpec, summary: SecretSummary, decision: Decision
+    ) -> None:
+        patch = {"metadata": {"labels": dict(spec.secret_labels), "annotations": dict(spec.secret_annotations)}}
+        try:
+            written = await self._api.patch_secret(summary.namespace, summary.name, patch)
+        except ApiException as error:
+            logger.warning("could not repair Secret %s/%s: HTTP %s", summary.namespace, summary.name, error.status)
+            return
+        self._metrics.secret_writes.labels("patch").inc()
+        self.secrets[(summary.namespace, summary.name)] = summarize(written)
+        self._events.post(body, type="Normal", reason="SecretRepaired", message=decision.message)
+
+    # -- status ---------------------------------------------------------------------------
+    async def _write_ready_status(
+        self,
+        body: Obj,
+        spec: CertificateSpec,
+        summary: SecretSummary,
+        renewal: datetime.datetime | None,
+        *,
+        trigger: Decision | None = None,
+        revision: int | None = None,
+    ) -> None:
+        now = _now()
+        metadata = body["metadata"]
+        current = body.get("status") or {}
+        previous = st.conditions_by_type(current)
+        generation = metadata.get("generation")
+        annotations = summary.annotations
+        conditions = [
+            st.condition(
+                "Ready",
+                "True",
+                "Ready",
+                f"certificate is up to date and valid until {st.timestamp(summary.not_after)}",
+                generation=generation,
+                previous=previous.get("Ready"),
+                now=now,
+            )
+        ]
+        if trigger is not None:
+            conditions.append(
+                st.condition(
+                    "Issuing",
+                    "False",
+                    "Issued",
+                    f"issued serial {summary.serial} because {trigger.reason}: {trigger.message}",
+                    generation=generation,
+                    previous=previous.get("Issuing"),
+                    now=now,
+                )
+            )
+        elif "Issuing" in previous:
+            kept = dict(previous["Issuing"])
+            if kept.get("status") != "False" or kept.get("reason") != "Issued":
+                kept = st.condition(
+                    "Issuing", "False", "UpToDate", "no issuance needed",
+                    generation=generation, previous=kept, now=now,
+                )
+            conditions.append(kept)
+        desired: Obj = {
+            "conditions": conditions,
+            "notBefore": st.timestamp(summary.not_before),
+            "notAfter": st.timestamp(summary.not_after),
+            "renewalTime": st.timestamp(renewal),
+            "serialNumber": summary.serial,
+            "revision": revision if revision is not None else int(annotations.get(layout.REVISION, "0") or 0),
+            "keyVersion": annotations.get(layout.KEY_VERSION),
+            "spiffeID": annotations.get(layout.SPIFFE_ID),
+            "observedGeneration": generation,
+        }
+        self._metrics.observe_certificate(
+            (metadata["namespace"], metadata["name"]),
+            issuer_name=spec.issuer_ref.name,
+            issuer_kind=spec.issuer_ref.kind,
+            ready="True",
+            not_before=summary.not_before,
+            not_after=summary.not_after,
+            renewal=renewal,
+        )
+        await self._patch_status(body, current, desired)
+
+    async def _patch_status(self, body: Obj, current: Obj, desired: Obj) -> None:
+        patch = st.status_patch(current, desired)
+        if patch is None:
+            return
+        metadata = body["metadata"]
+        try:
+            await self._api.patch_status("Certificate", metadata["namespace"], metadata["name"], patch)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def _fail(
+        self,
+        body: Obj,
+        spec: CertificateSpec | None,
+        reason: str,
+        message: str,
+        *,
+        retry: bool,
+        denied: bool = False,
+    ) -> None:
+        """Ready=False with a precise reason; the existing Secret is left exactly as it is."""
+        now = _now()
+        metadata = body["metadata"]
+        ident = (metadata["namespace"], metadata["name"])
+        generation = int(metadata.get("generation") or 0)
+        current = body.get("status") or {}
+        previous = st.conditions_by_type(current)
+        summary = self.secrets.get((ident[0], spec.secret_name)) if spec else None
+        if summary is not None and summary.problem is None and summary.not_after and summary.not_after > now:
+            if summary.certificate_name == ident[1]:
+                message += f"; the current certificate stays valid until {st.timestamp(summary.not_after)}"
+        desired: Obj = {k: v for k, v in current.items() if k not in ("conditions", "nextRetryTime")}
+        issuing = None
+        if retry:
+            failure = self._failures.get(ident)
+            attempts = failure.attempts + 1 if failure and failure.generation == generation else 1
+            next_retry = now + retry_delay(attempts)
+            self._failures[ident] = Failure(attempts, generation, next_retry)
+            self._schedule(ident, (next_retry - now).total_seconds())
+            desired["failedIssuanceAttempts"] = attempts
+            desired["lastFailureTime"] = st.timestamp(now)
+            desired["nextRetryTime"] = st.timestamp(next_retry)
+            issuing = st.condition(
+                "Issuing", "True", reason, f"attempt {attempts} failed; retrying at {st.timestamp(next_retry)}",
+                generation=generation, previous=previous.get("Issuing"), now=now,
+            )
+        elif previous.get("Issuing"):
+            issuing = st.condition(
+                "Issuing", "False", reason, "not retrying until the spec or its inputs change",
+                generation=generation, previous=previous.get("Issuing"), now=now,
+            )
+        desired["conditions"] = [
+            st.condition("Ready", "False", reason, message, generation=generation, previous=previous.get("Ready"), now=now),
+            *([issuing] if issuing else []),
+        ]
+        desired["observedGeneration"] = generation
+        unchanged = st.status_patch(current, desired) is None
+        if spec is not None:
+            self._metrics.observe_certificate(
+                ident,
+                issuer_name=spec.issuer_ref.name,
+                issuer_kind=spec.issuer_ref.kind,
+                ready="False",
+                not_before=summary.not_before if summary else None,
+                not_after=summary.not_after if summary else None,
+                renewal=None,
+            )
+        if unchanged:
+            return
+        result = "denied" if denied else "failure"
+        self._metrics.issuances.labels(result, reason).inc()
+        self._events.post(body, type="Warning", reason=reason, message=message)
+        logger.warning("Certificate %s/%s: %s: %s", ident[0], ident[1], reason, message)
+        await self._patch_status(body, current, desired)
+
+
+def _key_fits(key: keys.LeafPrivateKey, spec: CertificateSpec) -> bool:
+    algorithm, size = spec.private_key.algorithm, spec.private_key.size
+    if algorithm == "RSA":
+        return isinstance(key, rsa.RSAPrivateKey) and key.key_size == size
+    if algorithm == "ECDSA":
+        return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size == size
+    return isinstance(key, ed25519.Ed25519PrivateKey)
+
+
+def _renewal(body: Obj, spec: CertificateSpec, summary: SecretSummary) -> datetime.datetime:
+    assert summary.not_before is not None and summary.not_after is not None
+    return renewal_time(body["metadata"]["uid"], summary.not_before, summary.not_after, spec.renew_before_or_default())

@@ -1,0 +1,76 @@
+"""The kopf handlers: register, configure, forward. Nothing else.
+
+Every handler is an async ``@kopf.on.event`` (sync ones would run in threads and race
+the queue): no finalizers, no diff-base annotations, no progress
+storage, so kopf itself writes nothing to the API. Secrets in particular must never get
+create/update handlers (the diff-base annotation would copy the private key into an
+annotation); they are watched with a server-side label selector instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from signet.api import GROUP, VERSION
+from signet.controller.runtime import Config, Runtime
+from signet.secrets import layout
+
+logger = logging.getLogger(__name__)
+
+
+def _runtime(memo: kopf.Memo) -> Runtime:
+    runtime: Runtime = memo["runtime"]
+    return runtime
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the projected ServiceAccount token; elsewhere: the kubeconfig."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.enabled = False  # Signet posts its own Events (signet.observe.events)
+    settings.watching.label_selectors["v1", "secrets"] = layout.SELECTOR
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.queueing.idle_timeout = 1.0
+    settings.networking.request_timeout = 60
+    config: Config = memo["config"]
+    runtime = Runtime(config)
+    await runtime.start()
+    memo["runtime"] = runtime
+    logger.info("signet started (namespaces: %s)", ", ".join(config.namespaces) or "all")
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    runtime = memo.get("runtime")
+    if runtime is not None:
+        await runtime.stop()
+
+
+@kopf.on.event(GROUP, VERSION, "certificates")
+async def certificate(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _runtime(memo).certificate_event(event.get("type"), dict(event["object"]))
+
+
+@kopf.on.event(GROUP, VERSION, "issuers")
+@kopf.on.event(GROUP, VERSION, "clusterissuers")
+async def issuer(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _runtime(memo).issuer_event(event.get("type"), dict(event["object"]))
+
+
+@kopf.on.event("v1", "secrets")
+async def secret(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _runtime(memo).secret_event(event.get("type"), dict(event["object"]))
+
+
+@kopf.on.event("v1", "namespaces")
+async def namespace(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _runtime(memo).namespace_event(event.get("type"), dict(event["object"]))

@@ -1,0 +1,163 @@
+"""The operator's moving parts, wired once at startup and torn down at cleanup.
+
+Everything stateful lives here, in one object kopf carries in its ``memo``: the API
+client, the KMS client and limiter, the work queue that is the only scheduler, and the
+controllers. Handlers in `signet.controller.handlers` only forward watch events to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from signet.controller.certificates import CertificateController
+from signet.controller.issuers import IssuerController
+from signet.controller.kubeapi import KubeApi, Obj
+from signet.controller.trust import TrustPublisher
+from signet.kms.cloudkms import RetryPolicy, SignLimiter, SignObservation, close_client, create_client
+from signet.observe.audit import AuditLog
+from signet.observe.events import EventPoster
+from signet.observe.metrics import Metrics
+from signet.renewal.queue import WorkQueue
+from signet.secrets import layout
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]
+"""(kind, namespace or "", name): Certificates, Issuers and ClusterIssuers share one queue."""
+
+
+@dataclass
+class Config:
+    """Read once at startup from flags and environment (see `signet run --help`)."""
+
+    kubeconfig: str | None = None
+    namespaces: list[str] = field(default_factory=list)
+    kms_emulator: str | None = None
+    metrics_port: int = 9402
+    audit_log: Path | None = None
+    sign_qps: float | None = None
+    max_concurrent_signs: int = 32
+    kms_deadline: float = 10.0
+    workers: int = 32
+    api_threads: int = 16
+    operator_namespace: str = field(default_factory=lambda: os.environ.get("SIGNET_NAMESPACE", "signet-system"))
+
+
+class Runtime:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        # Certificate building blocks a thread while KMS signs; the default pool (cores + 4)
+        # would cap in-flight signatures at six on a small node.
+        loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(config.max_concurrent_signs + 8, thread_name_prefix="sign")
+        )
+        self.api = KubeApi.from_environment(config.kubeconfig, threads=config.api_threads)
+        self.queue: WorkQueue[Key] = WorkQueue(self._process, workers=config.workers)
+        self.metrics = Metrics(queue_depth=lambda: float(self.queue.due))
+        self.kms = create_client(config.kms_emulator)
+        self.limiter = SignLimiter(config.sign_qps, max_concurrency=config.max_concurrent_signs)
+        self.events = EventPoster(self.api)
+        self.audit = AuditLog(config.audit_log)
+        self.issuers = IssuerController(
+            self.api,
+            self.events,
+            kms_client=self.kms,
+            limiter=self.limiter,
+            operator_namespace=config.operator_namespace,
+            on_change=lambda ident: self.certificates.on_issuer_change(ident),
+            schedule=lambda ident, delay: self.queue.add(ident, delay),
+            observe_sign=self._observe_sign,
+            retry=RetryPolicy(deadline=config.kms_deadline, attempt_timeout=min(10.0, config.kms_deadline)),
+        )
+        self.certificates = CertificateController(
+            self.api,
+            self.events,
+            self.audit,
+            self.metrics,
+            self.issuers,
+            TrustPublisher(self.api),
+            schedule=lambda ident, delay: self.queue.add(("Certificate", *ident), delay),
+            namespace_labels=self._labels_of,
+        )
+        # Fill the Secret summaries before any Certificate is looked at, so a restart does
+        # not mistake "not seen yet" for "missing" and re-issue.
+        self.certificates.load_secrets(await self.api.list_secrets(layout.SELECTOR))
+        if config.metrics_port:
+            self.metrics.serve(config.metrics_port)
+        self.queue.start()
+        self.ready.set()
+
+    async def _labels_of(self, namespace: str) -> dict[str, str] | None:
+        """Labels from the Namespace watch; a GET only for one the watch has not shown yet."""
+        labels = self.namespace_labels.get(namespace)
+        if labels is None:
+            body = await self.api.get_namespace(namespace)
+            if body is None:
+                return None
+            labels = self.namespace_labels.setdefault(namespace, dict(body["metadata"].get("labels") or {}))
+        return labels
+
+    def _observe_sign(self, observation: SignObservation) -> None:
+        if observation.method == "AsymmetricSign":
+            self.metrics.kms_sign_seconds.labels(observation.outcome).observe(observation.seconds)
+        for code in observation.attempt_codes:
+            if code != "OK":
+                self.metrics.kms_errors.labels(code).inc()
+
+    async def stop(self) -> None:
+        await self.queue.stop()
+        await self.events.drain()
+        await close_client(self.kms)
+        self.api.close()
+
+    async def _process(self, key: Key) -> None:
+        kind, namespace, name = key
+        if kind == "Certificate":
+            await self.certificates.reconcile((namespace, name))
+        else:
+            await self.issuers.reconcile(key)
+
+    # -- watch events, forwarded by the kopf handlers --------------------------------------
+    def certificate_event(self, event_type: str | None, body: Obj) -> None:
+        deleted = event_type == "DELETED"
+        ident = self.certificates.observe_certificate(body, deleted)
+        key = ("Certificate", *ident)
+        if deleted:
+            self.queue.forget(key)
+        else:
+            self.queue.add(key)
+
+    def issuer_event(self, event_type: str | None, body: Obj) -> None:
+        deleted = event_type == "DELETED"
+        self.issuers.observe(body, deleted)
+        metadata = body["metadata"]
+        key = (body["kind"], metadata.get("namespace") or "", metadata["name"])
+        if deleted:
+            self.queue.forget(key)
+        else:
+            self.queue.add(key)
+
+    def secret_event(self, event_type: str | None, body: Obj) -> None:
+        self.certificates.observe_secret(body, event_type == "DELETED")
+
+    def namespace_event(self, event_type: str | None, body: Obj) -> None:
+        name = body["metadata"]["name"]
+        labels: dict[str, Any] = dict(body["metadata"].get("labels") or {})
+        if event_type == "DELETED":
+            self.namespace_labels.pop(name, None)
+            return
+        if self.namespace_labels.get(name) != labels:
+            self.namespace_labels[name] = labels
+            self.certificates.on_namespace_change(name)

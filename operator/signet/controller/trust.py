@@ -1,0 +1,63 @@
+"""Trust distribution: each issuer's CA bundle and SSH CA key, published as a ConfigMap in
+every namespace that holds Certificates of that issuer.
+
+Pods that only need to *trust* (verify peers, accept SSH user certificates, check host
+certificates) mount the ConfigMap instead of reading anyone's Secret. Publishing is
+remembered per (issuer, namespace, CA material), so steady state costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from kubernetes.client import ApiException
+from cryptography.hazmat.primitives import serialization
+
+from signet.controller.issuers import IssuerId
+from signet.controller.kubeapi import KubeApi
+from signet.issuance import IssuerMaterial
+
+logger = logging.getLogger(__name__)
+
+TRUST_LABEL = "signet.dev/trust-bundle"
+
+
+def configmap_name(issuer: IssuerId) -> str:
+    """``signet-issuer-<name>-ca`` or ``signet-clusterissuer-<name>-ca``, hashed if long."""
+    kind, _, name = issuer
+    full = f"signet-{kind.lower()}-{name}-ca"
+    if len(full) <= 253:
+        return full
+    return f"signet-{kind.lower()}-{name[:200]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}-ca"
+
+
+def bundle(material: IssuerMaterial) -> dict[str, str]:
+    """ca.crt (the trust anchor, as cert-manager's trust bundles do), the SSH user CA key
+    for TrustedUserCAKeys and an @cert-authority line for ssh_known_hosts."""
+    data: dict[str, str] = {}
+    if material.chain is not None:
+        data["ca.crt"] = material.chain.trust_anchor.public_bytes(serialization.Encoding.PEM).decode()
+    if material.ssh_ca_line is not None:
+        data["ssh-ca.pub"] = material.ssh_ca_line + "\n"
+        data["ssh_known_hosts"] = f"@cert-authority * {material.ssh_ca_line}\n"
+    return data
+
+
+class TrustPublisher:
+    def __init__(self, api: KubeApi) -> None:
+        self._api = api
+        self._published: dict[tuple[IssuerId, str], str] = {}
+
+    async def publish(self, issuer: IssuerId, material: IssuerMaterial, namespace: str) -> None:
+        data = bundle(material)
+        digest = hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()
+        if self._published.get((issuer, namespace)) == digest:
+            return
+        labels = {TRUST_LABEL: issuer[2][:63].rstrip("-_."), "app.kubernetes.io/managed-by": "signet"}
+        try:
+            await self._api.apply_configmap(namespace, configmap_name(issuer), labels, data)
+        except ApiException as error:
+            logger.warning("could not publish trust bundle to %s: HTTP %s", namespace, error.status)
+            return
+        self._published[(issuer, namespace)] = digest

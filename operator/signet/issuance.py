@@ -1,0 +1,215 @@
+"""From a parsed Certificate and a ready issuer to the bytes of a Secret.
+
+This is the one place that spends a KMS signature on a workload: generate (or reuse) the
+leaf key, build the certificate, sign it once through the issuer's KMS key, and lay the
+result out as cert-manager-compatible Secret data plus descriptive annotations. No
+Kubernetes client here; the controller writes what this returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from signet.api.certificate import CertificateSpec
+from signet.api.issuer import IssuerSpec
+from signet.kms.signer import KmsPublicKey, Signer
+from signet.pki import keys, kmskey
+from signet.pki import ssh as pki_ssh
+from signet.pki import x509 as pki_x509
+from signet.pki.chain import CaChain
+from signet.policy import spiffe_id
+from signet.secrets import layout
+
+PEM = serialization.Encoding.PEM
+
+
+@dataclass(frozen=True)
+class IssuerMaterial:
+    """What a ready issuer signs with, resolved once per issuer change, not per certificate."""
+
+    spec: IssuerSpec
+    signer: Signer
+    kms_key: KmsPublicKey
+    chain: CaChain | None
+    ssh_ca_line: str | None
+
+    def ca_key_id(self, ssh: bool) -> str | None:
+        """How a Secret's certificate names its signer; see SecretSummary.ca_key_id."""
+        if ssh:
+            return keys.openssh_fingerprint(self.kms_key.public_key)
+        if self.chain is None:
+            return None
+        ski = self.chain.issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        return ski.value.digest.hex()
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A freshly signed identity, ready to be written."""
+
+    secret_type: str
+    data: dict[str, bytes]
+    annotations: dict[str, str]
+    serial: str
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    public_key_fingerprint: str
+    audit: dict[str, object] = field(default_factory=dict)
+    spiffe_id: str | None = None
+
+
+def _timestamp(value: datetime.datetime) -> str:
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _leaf_key(spec: CertificateSpec, reuse: keys.LeafPrivateKey | None) -> keys.LeafPrivateKey:
+    if reuse is not None:
+        return reuse
+    algorithm, size = spec.private_key.algorithm, spec.private_key.size
+    if algorithm == "RSA":  # seconds of CPU for 4096 bits: keep it off the event loop
+        return await asyncio.to_thread(keys.generate_private_key, algorithm, size)
+    return keys.generate_private_key(algorithm, size)
+
+
+async def issue(
+    material: IssuerMaterial,
+    spec: CertificateSpec,
+    *,
+    namespace: str,
+    name: str,
+    reuse_key: keys.LeafPrivateKey | None = None,
+) -> Issued:
+    """Sign one identity. Raises ValueError for requests pki refuses and KmsError for KMS."""
+    key = await _leaf_key(spec, reuse_key)
+    if spec.ssh is not None:
+        return await _issue_ssh(material, spec, namespace, name, key)
+    return await _issue_x509(material, spec, namespace, key)
+
+
+async def _issue_x509(
+    material: IssuerMaterial, spec: CertificateSpec, namespace: str, key: keys.LeafPrivateKey
+) -> Issued:
+    request_spec = spec.x509
+    chain = material.chain
+    assert request_spec is not None and chain is not None
+    svid = (
+        spiffe_id(material.spec.trust_domain, namespace, request_spec.spiffe_service_account)
+        if request_spec.spiffe_service_account
+        else None
+    )
+    request = pki_x509.LeafRequest(
+        common_name=request_spec.common_name,
+        organizations=request_spec.subject.organizations,
+        organizational_units=request_spec.subject.organizational_units,
+        countries=request_spec.subject.countries,
+        provinces=request_spec.subject.provinces,
+        localities=request_spec.subject.localities,
+        dns_names=request_spec.dns_names,
+        ip_addresses=request_spec.ip_addresses,
+        uris=request_spec.uris,
+        email_addresses=request_spec.email_addresses,
+        spiffe_id=svid,
+        usages=request_spec.usages,
+        duration=spec.duration,
+    )
+    public_key = key.public_key()
+    leaf = await kmskey.sign_in_thread(
+        material.signer, lambda ca: pki_x509.build_leaf(request, public_key, chain.issuer, ca)
+    )
+    serial = format(leaf.serial_number, "x")
+    uris = [*request_spec.uris, *([svid] if svid else [])]
+    annotations = {
+        layout.SERIAL: serial,
+        layout.NOT_BEFORE: _timestamp(leaf.not_valid_before_utc),
+        layout.NOT_AFTER: _timestamp(leaf.not_valid_after_utc),
+        layout.COMMON_NAME: request_spec.common_name or "",
+        layout.ALT_NAMES: ",".join(request_spec.dns_names),
+        layout.IP_SANS: ",".join(request_spec.ip_addresses),
+        layout.URI_SANS: ",".join(uris),
+        layout.EMAIL_SANS: ",".join(request_spec.email_addresses),
+    }
+    if svid:
+        annotations[layout.SPIFFE_ID] = svid
+    fingerprint = keys.spki_fingerprint(public_key)
+    return Issued(
+        secret_type=layout.TLS_TYPE,
+        data={
+            layout.TLS_CERT: chain.leaf_chain_pem(leaf),
+            layout.TLS_KEY: keys.private_key_to_pem(key),
+            layout.CA_CERT: chain.trust_anchor.public_bytes(PEM),
+        },
+        annotations={k: v for k, v in annotations.items() if v},
+        serial=serial,
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        public_key_fingerprint=fingerprint,
+        spiffe_id=svid,
+        audit={
+            "subject": leaf.subject.rfc4514_string(),
+            "dnsNames": list(request_spec.dns_names),
+            "ipAddresses": list(request_spec.ip_addresses),
+            "uris": uris,
+            "emailAddresses": list(request_spec.email_addresses),
+        },
+    )
+
+
+async def _issue_ssh(
+    material: IssuerMaterial,
+    spec: CertificateSpec,
+    namespace: str,
+    name: str,
+    key: keys.LeafPrivateKey,
+) -> Issued:
+    ssh_spec = spec.ssh
+    assert ssh_spec is not None and material.ssh_ca_line is not None
+    request = pki_ssh.SshCertRequest(
+        cert_type="user" if ssh_spec.cert_type == "user" else "host",
+        key_id=ssh_spec.key_id or f"{namespace}/{name}",
+        principals=ssh_spec.principals,
+        duration=spec.duration,
+        force_command=ssh_spec.force_command,
+        source_addresses=ssh_spec.source_address,
+        extensions=ssh_spec.extensions,
+    )
+    public_key = key.public_key()
+    certificate = await kmskey.sign_in_thread(
+        material.signer, lambda ca: pki_ssh.build_ssh_certificate(request, public_key, ca)
+    )
+    utc = datetime.UTC
+    not_before = datetime.datetime.fromtimestamp(certificate.valid_after, utc)
+    not_after = datetime.datetime.fromtimestamp(certificate.valid_before, utc)
+    serial = str(certificate.serial)
+    fingerprint = keys.openssh_fingerprint(public_key)
+    return Issued(
+        secret_type=layout.SSH_TYPE,
+        data={
+            layout.SSH_PRIVATE_KEY: keys.private_key_to_openssh(key),
+            layout.SSH_PUBLIC_KEY: (pki_ssh.public_key_line(public_key, request.key_id) + "\n").encode(),
+            layout.SSH_CERTIFICATE: certificate.public_bytes() + b"\n",
+            layout.SSH_CA: (material.ssh_ca_line + "\n").encode(),
+        },
+        annotations={
+            layout.SERIAL: serial,
+            layout.NOT_BEFORE: _timestamp(not_before),
+            layout.NOT_AFTER: _timestamp(not_after),
+            layout.SSH_PRINCIPALS: ",".join(request.principals),
+            layout.SSH_KEY_ID: request.key_id,
+        },
+        serial=serial,
+        not_before=not_before,
+        not_after=not_after,
+        public_key_fingerprint=fingerprint,
+        audit={
+            "sshType": request.cert_type,
+            "keyId": request.key_id,
+            "principals": list(request.principals),
+            "criticalOptions": {k.decode(): v.decode() for k, v in request.critical_options()},
+            "extensions": list(request.effective_extensions()),
+        },
+    )

@@ -1,0 +1,1 @@
+"""What SREs see: the audit log, Kubernetes Events and Prometheus metrics."""

@@ -1,0 +1,504 @@
+"""X.509 certificates signed by a KMS-held CA key: workload leaves and CA certificates.
+
+Profile decisions, each made once here so the operator cannot get them subtly wrong:
+
+* **Serial numbers** are 128 random bits (positive, non-zero): unpredictable, as the
+  CA/Browser Forum requires 64+ bits of entropy, and well under the 20-octet limit.
+* **notBefore** is backdated by :data:`BACKDATE` (one minute) so that a peer whose clock
+  is a little behind ours does not reject a certificate that was just issued. It is never
+  earlier than the issuer's own notBefore.
+* **notAfter** is clamped to the issuer's notAfter, as cert-manager's CA issuer does: a
+  leaf can never outlive the CA that vouches for it, and refusing to issue would turn an
+  ageing CA into an outage. The operator sees the clamp in ``not_valid_after_utc`` and
+  renews from that. An issuer that has already expired is an error.
+* **Leaf keyUsage** is critical and always has digitalSignature (TLS 1.3 and every
+  SPIFFE verifier need it). keyEncipherment is kept only for RSA keys: it means RSA key
+  transport, RFC 5480 forbids it for EC keys, and cert-manager puts it in its default
+  usages, so it is dropped rather than refused for EC and Ed25519 keys.
+* **basicConstraints** is critical everywhere; leaves are CA:false.
+* **SKI/AKI**: every certificate carries an SKI (RFC 5280 4.2.1.2 method 1, SHA-1 of the
+  subjectPublicKey bits, what OpenSSL computes); AKI is taken from the issuer's SKI so
+  chains link by key identifier even when subjects repeat.
+* **SAN** is critical when the subject is empty (RFC 5280 4.2.1.6).
+* **SPIFFE** X509-SVIDs have exactly one URI SAN, the SPIFFE ID, with a non-root path; if
+  extended key usages are given they include serverAuth and clientAuth, and if none are
+  given both are added (X509-SVID section 4.4).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from signet.pki.keys import LeafPublicKey, validate_public_key
+from signet.pki.kmskey import KmsPrivateKey, sign_certificate
+from signet.pki.names import (
+    validate_dns_name,
+    validate_email_address,
+    validate_ip_address,
+    validate_uri,
+)
+from signet.pki.spiffe import parse_spiffe_id
+
+__all__ = [
+    "BACKDATE",
+    "DEFAULT_USAGES",
+    "LeafRequest",
+    "build_intermediate_ca",
+    "build_leaf",
+    "build_self_signed_ca",
+    "random_serial_number",
+]
+
+BACKDATE = datetime.timedelta(minutes=1)
+"""How far notBefore is set before "now" to tolerate clock skew between peers."""
+
+DEFAULT_USAGES = ("digital signature", "key encipherment")
+"""cert-manager's default ``usages``."""
+
+_KEY_USAGES = {
+    "signing": "digital_signature",
+    "digital signature": "digital_signature",
+    "content commitment": "content_commitment",
+    "key encipherment": "key_encipherment",
+    "data encipherment": "data_encipherment",
+    "key agreement": "key_agreement",
+}
+_CA_ONLY_USAGES = ("cert sign", "crl sign")
+_EXTENDED_USAGES = {
+    "server auth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "client auth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "code signing": ExtendedKeyUsageOID.CODE_SIGNING,
+    "email protection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "s/mime": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "timestamping": ExtendedKeyUsageOID.TIME_STAMPING,
+    "ocsp signing": ExtendedKeyUsageOID.OCSP_SIGNING,
+    "ipsec end system": ExtendedKeyUsageOID.IPSEC_IKE,
+    "ipsec tunnel": x509.ObjectIdentifier("1.3.6.1.5.5.7.3.6"),
+    "ipsec user": x509.ObjectIdentifier("1.3.6.1.5.5.7.3.7"),
+    "any": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+}
+_MAX_COMMON_NAME = 64  # ub-common-name, RFC 5280 appendix A
+_MAX_ATTRIBUTE = 128
+
+
+@dataclass(frozen=True)
+class LeafRequest:
+    """What a workload certificate should say; validated on construction.
+
+    Field names and usage strings follow cert-manager's ``Certificate`` spec so the
+    operator can map its resource onto this one to one. Sequences may be passed as lists;
+    they are stored as tuples.
+    """
+
+    common_name: str | None = None
+    organizations: tuple[str, ...] = ()
+    organizational_units: tuple[str, ...] = ()
+    countries: tuple[str, ...] = ()
+    provinces: tuple[str, ...] = ()
+    localities: tuple[str, ...] = ()
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    uris: tuple[str, ...] = ()
+    email_addresses: tuple[str, ...] = ()
+    spiffe_id: str | None = None
+    usages: tuple[str, ...] = DEFAULT_USAGES
+    duration: datetime.timedelta = field(default=datetime.timedelta(days=90))
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.duration <= datetime.timedelta(0):
+            raise ValueError("duration must be positive")
+        if self.common_name is not None:
+            _check_attribute("common name", self.common_name, _MAX_COMMON_NAME)
+        for label, values in (
+            ("organization", self.organizations),
+            ("organizational unit", self.organizational_units),
+            ("province", self.provinces),
+            ("locality", self.localities),
+        ):
+            for value in values:
+                _check_attribute(label, value, _MAX_ATTRIBUTE)
+        for country in self.countries:
+            if len(country) != 2 or not (country.isascii() and country.isalpha()):
+                raise ValueError(f"country {country!r} must be a two-letter ISO 3166 code")
+        _no_duplicates("DNS name", self.dns_names)
+        _no_duplicates("IP address", self.ip_addresses)
+        _no_duplicates("URI", self.uris)
+        _no_duplicates("email address", self.email_addresses)
+        for name in self.dns_names:
+            validate_dns_name(name)
+        ips = [validate_ip_address(ip) for ip in self.ip_addresses]
+        _no_duplicates("IP address", [str(ip) for ip in ips])
+        for uri in self.uris:
+            validate_uri(uri)
+        for email in self.email_addresses:
+            validate_email_address(email)
+        if self.spiffe_id is not None:
+            parse_spiffe_id(self.spiffe_id)
+            if self.uris:
+                raise ValueError(
+                    "a SPIFFE X509-SVID carries exactly one URI SAN; uris must be empty "
+                    "when spiffe_id is set"
+                )
+        if not self.common_name and not self._has_san():
+            raise ValueError(
+                "certificate needs a common name or at least one DNS name, IP address, "
+                "URI, email address or SPIFFE ID"
+            )
+        _no_duplicates("usage", self.usages)
+        ekus = []
+        for usage in self.usages:
+            if usage in _CA_ONLY_USAGES:
+                raise ValueError(f"usage {usage!r} is only for CA certificates")
+            if usage not in _KEY_USAGES and usage not in _EXTENDED_USAGES:
+                raise ValueError(f"unknown or unsupported usage {usage!r}")
+            if usage in _EXTENDED_USAGES:
+                ekus.append(usage)
+        if self.spiffe_id is not None and ekus and not {"server auth", "client auth"} <= set(ekus):
+            raise ValueError(
+                "a SPIFFE X509-SVID with extended key usages must include both "
+                "'server auth' and 'client auth'"
+            )
+
+    def _has_san(self) -> bool:
+        return bool(
+            self.dns_names
+            or self.ip_addresses
+            or self.uris
+            or self.email_addresses
+            or self.spiffe_id
+        )
+
+    def subject(self) -> x509.Name:
+        """The subject DN in the conventional C, ST, L, O, OU, CN order (may be empty)."""
+        attrs: list[x509.NameAttribute[str]] = []
+        for oid, values in (
+            (NameOID.COUNTRY_NAME, self.countries),
+            (NameOID.STATE_OR_PROVINCE_NAME, self.provinces),
+            (NameOID.LOCALITY_NAME, self.localities),
+            (NameOID.ORGANIZATION_NAME, self.organizations),
+            (NameOID.ORGANIZATIONAL_UNIT_NAME, self.organizational_units),
+        ):
+            attrs.extend(x509.NameAttribute(oid, v) for v in values)
+        if self.common_name:
+            attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, self.common_name))
+        return x509.Name(attrs)
+
+    def general_names(self) -> list[x509.GeneralName]:
+        """SAN entries: DNS names, IP addresses, the SPIFFE ID or URIs, email addresses."""
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in self.dns_names]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in self.ip_addresses]
+        if self.spiffe_id is not None:
+            names.append(x509.UniformResourceIdentifier(self.spiffe_id))
+        names += [x509.UniformResourceIdentifier(u) for u in self.uris]
+        names += [x509.RFC822Name(e) for e in self.email_addresses]
+        return names
+
+    def key_usage(self, public_key: LeafPublicKey) -> x509.KeyUsage:
+        """keyUsage for ``public_key``'s type, following the rules in the module docstring."""
+        wanted = {"digital_signature"}
+        wanted.update(_KEY_USAGES[u] for u in self.usages if u in _KEY_USAGES)
+        is_rsa = isinstance(public_key, rsa.RSAPublicKey)
+        if not is_rsa:
+            wanted.discard("key_encipherment")
+            if "data_encipherment" in wanted:
+                raise ValueError("usage 'data encipherment' needs an RSA key")
+        if "key_agreement" in wanted and not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise ValueError("usage 'key agreement' needs an ECDSA key")
+        flags = dict.fromkeys(
+            (
+                "digital_signature",
+                "content_commitment",
+                "key_encipherment",
+                "data_encipherment",
+                "key_agreement",
+            ),
+            False,
+        )
+        flags.update(dict.fromkeys(wanted, True))
+        return x509.KeyUsage(
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+            **flags,
+        )
+
+    def extended_key_usages(self) -> list[x509.ObjectIdentifier]:
+        """EKU OIDs in request order, without duplicates (``s/mime`` = email protection)."""
+        oids: list[x509.ObjectIdentifier] = []
+        for usage in self.usages:
+            oid = _EXTENDED_USAGES.get(usage)
+            if oid is not None and oid not in oids:
+                oids.append(oid)
+        if self.spiffe_id is not None and not oids:
+            oids = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        return oids
+
+
+def random_serial_number() -> int:
+    """A positive, non-zero 128-bit random serial number."""
+    while True:
+        serial = secrets.randbits(128)
+        if serial:
+            return serial
+
+
+def build_leaf(
+    request: LeafRequest,
+    subject_public_key: PublicKeyTypes,
+    issuer: x509.Certificate,
+    ca_key: KmsPrivateKey,
+    *,
+    now: datetime.datetime | None = None,
+) -> x509.Certificate:
+    """Issue an end-entity certificate for ``subject_public_key``, signed by ``ca_key``.
+
+    ``issuer`` is the CA certificate for ``ca_key`` (self-signed or from a user chain);
+    its subject becomes the issuer name and its SKI the AKI. Calls ``ca_key.sign`` once.
+    """
+    now = _utc(now)
+    public_key = validate_public_key(subject_public_key)
+    key_usage = request.key_usage(public_key)
+    _check_issuer(issuer, ca_key, now, issues_ca=False)
+    if public_key == ca_key.public_key():
+        raise ValueError("the leaf key must not be the CA's own key")
+    not_before, not_after = _validity(issuer, now, request.duration)
+
+    subject = request.subject()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(key_usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(_authority_key_identifier(issuer), critical=False)
+    )
+    ekus = request.extended_key_usages()
+    if ekus:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+    general_names = request.general_names()
+    if general_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(general_names), critical=len(subject) == 0
+        )
+    return sign_certificate(builder, ca_key)
+
+
+def build_self_signed_ca(
+    ca_key: KmsPrivateKey,
+    subject: str | x509.Name,
+    duration: datetime.timedelta,
+    *,
+    now: datetime.datetime | None = None,
+    path_length: int | None = 0,
+    trust_domain: str | None = None,
+) -> x509.Certificate:
+    """Bootstrap a root CA certificate for a KMS key (the key signs its own certificate).
+
+    ``subject`` is a common name or a full DN. ``path_length`` 0 (the default) means the
+    CA signs only leaves; pass ``None`` or more to let it sign intermediates.
+    ``trust_domain`` adds the trust domain's SPIFFE ID (``spiffe://<td>``, no path) as
+    the URI SAN that X509-SVID section 3.2 recommends for signing certificates.
+    """
+    now = _utc(now)
+    if duration <= datetime.timedelta(0):
+        raise ValueError("duration must be positive")
+    name = _ca_name(subject)
+    builder = _ca_builder(
+        ca_key.public_key(), name, name, now - BACKDATE, now + duration, path_length
+    )
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+    )
+    builder = _add_trust_domain(builder, trust_domain)
+    return sign_certificate(builder, ca_key)
+
+
+def build_intermediate_ca(
+    subject_public_key: PublicKeyTypes,
+    subject: str | x509.Name,
+    duration: datetime.timedelta,
+    issuer: x509.Certificate,
+    issuer_key: KmsPrivateKey,
+    *,
+    now: datetime.datetime | None = None,
+    path_length: int | None = 0,
+    trust_domain: str | None = None,
+) -> x509.Certificate:
+    """Certify another CA key (e.g. a second KMS key) under ``issuer``.
+
+    Validity is clamped to the issuer's like a leaf's, and ``path_length`` must fit
+    under the issuer's own pathLenConstraint.
+    """
+    now = _utc(now)
+    _check_issuer(issuer, issuer_key, now, issues_ca=True)
+    issuer_path = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+    if issuer_path.path_length is not None and (
+        path_length is None or path_length >= issuer_path.path_length
+    ):
+        raise ValueError(
+            f"intermediate path length {path_length} must be below the issuer's "
+            f"{issuer_path.path_length}"
+        )
+    not_before, not_after = _validity(issuer, now, duration)
+    public_key = validate_public_key(subject_public_key)
+    builder = _ca_builder(
+        public_key, _ca_name(subject), issuer.subject, not_before, not_after, path_length
+    )
+    builder = builder.add_extension(_authority_key_identifier(issuer), critical=False)
+    builder = _add_trust_domain(builder, trust_domain)
+    return sign_certificate(builder, issuer_key)
+
+
+def _ca_builder(
+    public_key: LeafPublicKey,
+    subject: x509.Name,
+    issuer_name: x509.Name,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    path_length: int | None,
+) -> x509.CertificateBuilder:
+    if path_length is not None and path_length < 0:
+        raise ValueError("path length must not be negative")
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def _add_trust_domain(
+    builder: x509.CertificateBuilder, trust_domain: str | None
+) -> x509.CertificateBuilder:
+    if trust_domain is None:
+        return builder
+    spiffe_id = parse_spiffe_id(f"spiffe://{trust_domain}", require_path=False)
+    return builder.add_extension(
+        x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]),
+        critical=False,
+    )
+
+
+def _ca_name(subject: str | x509.Name) -> x509.Name:
+    if isinstance(subject, x509.Name):
+        if len(subject) == 0:
+            raise ValueError("CA subject must not be empty")
+        return subject
+    _check_attribute("CA common name", subject, _MAX_COMMON_NAME)
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+
+
+def _check_issuer(
+    issuer: x509.Certificate, ca_key: KmsPrivateKey, now: datetime.datetime, *, issues_ca: bool
+) -> None:
+    if issuer.public_key() != ca_key.public_key():
+        raise ValueError(
+            f"issuer certificate {issuer.subject.rfc4514_string()!r} is not for the KMS key "
+            f"version {ca_key.algorithm.name} that signs"
+        )
+    try:
+        constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise ValueError(f"issuer {issuer.subject.rfc4514_string()!r} is not a CA certificate")
+    if issues_ca and constraints.path_length == 0:
+        raise ValueError(
+            f"issuer {issuer.subject.rfc4514_string()!r} has path length 0 and cannot sign CAs"
+        )
+    if now >= issuer.not_valid_after_utc:
+        raise ValueError(
+            f"issuer {issuer.subject.rfc4514_string()!r} expired at "
+            f"{issuer.not_valid_after_utc.isoformat()}"
+        )
+    if now < issuer.not_valid_before_utc:
+        raise ValueError(
+            f"issuer {issuer.subject.rfc4514_string()!r} is not valid before "
+            f"{issuer.not_valid_before_utc.isoformat()}"
+        )
+
+
+def _validity(
+    issuer: x509.Certificate, now: datetime.datetime, duration: datetime.timedelta
+) -> tuple[datetime.datetime, datetime.datetime]:
+    if duration <= datetime.timedelta(0):
+        raise ValueError("duration must be positive")
+    not_before = max(now - BACKDATE, issuer.not_valid_before_utc)
+    not_after = min(now + duration, issuer.not_valid_after_utc)
+    return not_before, not_after
+
+
+def _authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer.public_key()  # type: ignore[arg-type]
+        )
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _utc(now: datetime.datetime | None) -> datetime.datetime:
+    if now is None:
+        return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now.astimezone(datetime.UTC)
+
+
+def _check_attribute(label: str, value: str, limit: int) -> None:
+    if not value:
+        raise ValueError(f"{label} must not be empty")
+    if len(value) > limit:
+        raise ValueError(f"{label} {value!r} is longer than {limit} characters")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError(f"{label} {value!r} must not contain control characters")
+
+
+def _no_duplicates(label: str, values: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{label} {value!r} is listed twice")
+        seen.add(value)

@@ -1,0 +1,1 @@
+"""When certificates are due, and the one scheduler that wakes them."""

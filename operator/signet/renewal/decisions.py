@@ -1,0 +1,168 @@
+"""Does this Certificate need a new signature, a metadata repair, or nothing until later?
+
+Every outcome names its reason, in the spirit of cert-manager's issuing triggers: the
+reason lands in the Issuing condition and an Event, so an SRE can tell *why* Signet spent
+a KMS signature. The function is pure: it sees the parsed spec, the summary of the Secret
+and what the issuer currently signs with, and the time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import hashlib
+from dataclasses import dataclass
+
+from signet.api.certificate import CertificateSpec
+from signet.secrets import layout
+from signet.secrets.inspect import SecretSummary
+
+JITTER_FRACTION = 0.05
+"""Renewal moves earlier by up to this share of the lifetime, spread by UID, so a batch
+created together does not come due in the same second."""
+
+RETRY_BASE = datetime.timedelta(seconds=2)
+RETRY_CAP = datetime.timedelta(minutes=5)
+
+
+class Action(enum.Enum):
+    NOTHING = "nothing"
+    ISSUE = "issue"
+    REPAIR_METADATA = "repair-metadata"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    message: str
+    wake_at: datetime.datetime | None = None
+    """When to look again if nothing happens in between (renewal time)."""
+
+
+@dataclass(frozen=True)
+class CertificateView:
+    """The parts of a Certificate object a decision reads."""
+
+    namespace: str
+    name: str
+    uid: str
+    spec: CertificateSpec
+    renew_requested_at: str | None = None
+
+
+@dataclass(frozen=True)
+class IssuerKey:
+    """What the issuer signs with now; a Secret signed by anything else is re-issued."""
+
+    key_version: str
+    ca_key_id: str | None
+
+
+def renewal_time(
+    uid: str,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    renew_before: datetime.timedelta,
+) -> datetime.datetime:
+    """notAfter - renewBefore, moved earlier by a jitter that is stable per Certificate.
+
+    Stable means a restarted operator computes the same time and rewrites no status; the
+    jitter never pushes renewal before the first half of the lifetime.
+    """
+    lifetime = not_after - not_before
+    base = not_after - min(renew_before, lifetime)
+    spread = int.from_bytes(hashlib.sha256(uid.encode()).digest()[:4], "big") / 2**32
+    jittered = base - lifetime * (JITTER_FRACTION * spread)
+    return max(jittered, min(base, not_before + lifetime / 2))
+
+
+def retry_delay(failed_attempts: int) -> datetime.timedelta:
+    """Exponential backoff from seconds (not cert-manager's hour), capped at five minutes."""
+    if failed_attempts <= 0:
+        return datetime.timedelta(0)
+    return min(RETRY_BASE * 2 ** (failed_attempts - 1), RETRY_CAP)
+
+
+def _template_drift(spec: CertificateSpec, secret: SecretSummary) -> str | None:
+    for key, value in spec.secret_labels.items():
+        if secret.labels.get(key) != value:
+            return f"label {key!r}"
+    for key, value in spec.secret_annotations.items():
+        if secret.annotations.get(key) != value:
+            return f"annotation {key!r}"
+    return None
+
+
+def _issuer_mismatch(
+    cert: CertificateView, secret: SecretSummary, issuer: IssuerKey | None
+) -> str | None:
+    ref, annotations = cert.spec.issuer_ref, secret.annotations
+    if annotations.get(layout.ISSUER_NAME) != ref.name or (
+        annotations.get(layout.ISSUER_KIND) != ref.kind
+    ):
+        return (
+            f"Secret was issued by {annotations.get(layout.ISSUER_KIND)}/"
+            f"{annotations.get(layout.ISSUER_NAME)}, spec asks for {ref.kind}/{ref.name}"
+        )
+    if issuer is None:
+        return None
+    if annotations.get(layout.KEY_VERSION) != issuer.key_version:
+        return f"issuer now signs with {issuer.key_version}"
+    if issuer.ca_key_id and secret.ca_key_id and secret.ca_key_id != issuer.ca_key_id:
+        return "certificate was not signed by the issuer's current CA key"
+    return None
+
+
+def decide(
+    cert: CertificateView,
+    secret: SecretSummary | None,
+    issuer: IssuerKey | None,
+    now: datetime.datetime,
+) -> Decision:
+    """The next step for ``cert``. ``issuer`` is None while the issuer is not known yet;
+    then only checks that do not depend on it are made."""
+    spec = cert.spec
+    if secret is None:
+        return Decision(Action.ISSUE, "DoesNotExist", f"Secret {spec.secret_name!r} does not exist")
+    if not secret.managed:
+        return Decision(
+            Action.REFUSE,
+            "SecretNotManaged",
+            f"Secret {spec.secret_name!r} exists and was not created by Signet; "
+            "refusing to overwrite it (delete it or choose another secretName)",
+        )
+    if secret.certificate_name != cert.name or (
+        secret.owner_uid is not None and secret.owner_uid != cert.uid
+    ):
+        return Decision(
+            Action.REFUSE,
+            "SecretInUse",
+            f"Secret {spec.secret_name!r} belongs to Certificate {secret.certificate_name!r}; "
+            "two Certificates cannot share a Secret",
+        )
+    if secret.problem is not None:
+        return Decision(Action.ISSUE, secret.problem, secret.problem_message)
+    mismatch = _issuer_mismatch(cert, secret, issuer)
+    if mismatch:
+        return Decision(Action.ISSUE, "IncorrectIssuer", mismatch)
+    if secret.annotations.get(layout.SPEC_HASH) != spec.content_hash():
+        return Decision(Action.ISSUE, "SpecChanged", "the spec changed since the last issuance")
+    issued_at = secret.annotations.get(layout.ISSUED_AT, "")
+    if cert.renew_requested_at and cert.renew_requested_at > issued_at:
+        return Decision(Action.ISSUE, "ManuallyTriggered", "renewal requested (signet renew)")
+    assert secret.not_before is not None and secret.not_after is not None
+    if now >= secret.not_after:
+        return Decision(Action.ISSUE, "Expired", f"certificate expired at {secret.not_after:%Y-%m-%dT%H:%M:%SZ}")
+    due = renewal_time(cert.uid, secret.not_before, secret.not_after, spec.renew_before_or_default())
+    if now >= due:
+        return Decision(
+            Action.ISSUE, "Renewing", f"renewal time {due:%Y-%m-%dT%H:%M:%SZ} reached"
+        )
+    drift = _template_drift(spec, secret)
+    if drift:
+        return Decision(
+            Action.REPAIR_METADATA, "SecretMetadataDrift", f"Secret {drift} differs from secretTemplate", due
+        )
+    return Decision(Action.NOTHING, "UpToDate", "certificate is up to date", due)
