@@ -67,7 +67,9 @@ def _timestamp(value: datetime.datetime) -> str:
     return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def _leaf_key(spec: CertificateSpec, reuse: keys.LeafPrivateKey | None) -> keys.LeafPrivateKey:
+async def _leaf_key(
+    spec: CertificateSpec, reuse: keys.LeafPrivateKey | None
+) -> keys.LeafPrivateKey:
     if reuse is not None:
         return reuse
     algorithm, size = spec.private_key.algorithm, spec.private_key.size
@@ -190,7 +192,9 @@ async def _issue_ssh(
         secret_type=layout.SSH_TYPE,
         data={
             layout.SSH_PRIVATE_KEY: keys.private_key_to_openssh(key),
-            layout.SSH_PUBLIC_KEY: (pki_ssh.public_key_line(public_key, request.key_id) + "\n").encode(),
+            layout.SSH_PUBLIC_KEY: (
+                pki_ssh.public_key_line(public_key, request.key_id) + "\n"
+            ).encode(),
             layout.SSH_CERTIFICATE: certificate.public_bytes() + b"\n",
             layout.SSH_CA: (material.ssh_ca_line + "\n").encode(),
         },

@@ -165,7 +165,14 @@ def _check_x509(spec: CertificateSpec, issuer: IssuerSpec, ns: str, td: str) -> 
         else policy.allowed_dns_names
     )
     checks = (
-        ("spec.x509.dnsNames", x509.dns_names, policy.allowed_dns_names, "policy.allowedDNSNames", "dns", "DNSNameNotAllowed"),
+        (
+            "spec.x509.dnsNames",
+            x509.dns_names,
+            policy.allowed_dns_names,
+            "policy.allowedDNSNames",
+            "dns",
+            "DNSNameNotAllowed",
+        ),
         ("spec.x509.uris", uris, policy.allowed_uris, "policy.allowedURIs", "uri", "URINotAllowed"),
         (
             "spec.x509.emailAddresses",
@@ -179,7 +186,9 @@ def _check_x509(spec: CertificateSpec, issuer: IssuerSpec, ns: str, td: str) -> 
             "spec.x509.commonName",
             [x509.common_name] if x509.common_name else [],
             common_name_patterns,
-            "policy.allowedCommonNames" if policy.allowed_common_names is not None else "policy.allowedDNSNames",
+            "policy.allowedCommonNames"
+            if policy.allowed_common_names is not None
+            else "policy.allowedDNSNames",
             "dns" if policy.allowed_common_names is None else "other",
             "CommonNameNotAllowed",
         ),

@@ -30,11 +30,16 @@ def signet_operator(crds: Kube, kms_emulator: Any, operator_dir: Path) -> Iterat
 
 @pytest.fixture
 def make_issuer(
-    crds: Kube, signet_operator: OperatorProcess, kms_key_factory: Callable[..., str], namespace: str
+    crds: Kube,
+    signet_operator: OperatorProcess,
+    kms_key_factory: Callable[..., str],
+    namespace: str,
 ) -> Callable[..., dict[str, Any]]:
     """Create a Ready Issuer in the test namespace backed by a KMS key of ``algorithm``."""
 
-    def make(name: str = "ca", algorithm: str = "EC_SIGN_P256_SHA256", **spec: Any) -> dict[str, Any]:
+    def make(
+        name: str = "ca", algorithm: str = "EC_SIGN_P256_SHA256", **spec: Any
+    ) -> dict[str, Any]:
         key_version = kms_key_factory(algorithm)
         crds.apply(issuer_manifest(name, key_version, namespace=namespace, **spec))
         return wait_issuer_ready(crds, namespace, name)

@@ -62,7 +62,10 @@ class OperatorProcess:
         ]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self.starts += 1
         deadline = time.monotonic() + timeout
@@ -70,7 +73,9 @@ class OperatorProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"operator exited:\n{self.log.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1):
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1
+                ):
                     return
             except OSError:
                 time.sleep(0.1)
@@ -89,7 +94,9 @@ class OperatorProcess:
         self.process = None
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
             text: str = r.read().decode()
             return text
 
@@ -139,7 +146,10 @@ def wait_condition(
         return None
 
     result: dict[str, Any] = eventually(
-        check, timeout=timeout, interval=0.1, what=f"{namespace}/{name} Ready={status} {reason or ''}"
+        check,
+        timeout=timeout,
+        interval=0.1,
+        what=f"{namespace}/{name} Ready={status} {reason or ''}",
     )
     return result
 
@@ -149,7 +159,9 @@ def secret_data(kube: Kube, namespace: str, name: str) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
 
 
-def issuer_manifest(name: str, key_version: str, *, namespace: str | None = None, **spec: Any) -> dict[str, Any]:
+def issuer_manifest(
+    name: str, key_version: str, *, namespace: str | None = None, **spec: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Issuer" if namespace else "ClusterIssuer",
@@ -173,10 +185,14 @@ def certificate_manifest(name: str, namespace: str, issuer: str, **spec: Any) ->
     return body
 
 
-def wait_issuer_ready(kube: Kube, namespace: str | None, name: str, timeout: float = 30) -> dict[str, Any]:
+def wait_issuer_ready(
+    kube: Kube, namespace: str | None, name: str, timeout: float = 30
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         if namespace:
-            obj = kube.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "issuers", name)
+            obj = kube.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "issuers", name
+            )
         else:
             obj = kube.custom.get_cluster_custom_object(GROUP, VERSION, "clusterissuers", name)
         return obj if condition(obj, "Ready").get("status") == "True" else None

@@ -53,7 +53,10 @@ def _openssl_verify(folder: Path, data: dict[str, bytes]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     (folder / "key.pem").write_bytes(data["tls.key"])
     pub_from_key = subprocess.run(
-        ["openssl", "pkey", "-in", str(folder / "key.pem"), "-pubout"], capture_output=True, text=True, check=True
+        ["openssl", "pkey", "-in", str(folder / "key.pem"), "-pubout"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     pub_from_cert = subprocess.run(
         ["openssl", "x509", "-in", str(folder / "leaf.pem"), "-noout", "-pubkey"],
@@ -88,7 +91,7 @@ def test_x509_for_every_kms_algorithm_and_leaf_key(
                 x509={"dnsNames": [f"{name}.{namespace}.svc"], "spiffe": {"serviceAccount": name}},
             )
         )
-    for index, name in enumerate(names):
+    for name in names:
         obj = wait_condition(crds, namespace, name, timeout=60)
         data = secret_data(crds, namespace, f"{name}-identity")
         folder = tmp_path / name
@@ -106,9 +109,15 @@ def test_x509_for_every_kms_algorithm_and_leaf_key(
     assert kms_counters.count("AsymmetricSign") - signs_before == len(LEAF_KEYS)
 
 
-@pytest.mark.parametrize("kms_algorithm", ["EC_SIGN_P256_SHA256", "EC_SIGN_ED25519", "RSA_SIGN_PKCS1_2048_SHA256"])
+@pytest.mark.parametrize(
+    "kms_algorithm", ["EC_SIGN_P256_SHA256", "EC_SIGN_ED25519", "RSA_SIGN_PKCS1_2048_SHA256"]
+)
 def test_ssh_user_and_host_certificates(
-    crds: Kube, namespace: str, make_issuer: Callable[..., dict[str, Any]], kms_algorithm: str, tmp_path: Path
+    crds: Kube,
+    namespace: str,
+    make_issuer: Callable[..., dict[str, Any]],
+    kms_algorithm: str,
+    tmp_path: Path,
 ) -> None:
     make_issuer("ca", kms_algorithm)
     crds.apply(
@@ -130,22 +139,34 @@ def test_ssh_user_and_host_certificates(
             "host", namespace, "ca", ssh={"type": "host", "principals": [f"{namespace}-db"]}
         )
     )
-    for name, kind, principal in (("ops", "user", f"{namespace}-ops"), ("host", "host", f"{namespace}-db")):
+    for name, kind, principal in (
+        ("ops", "user", f"{namespace}-ops"),
+        ("host", "host", f"{namespace}-db"),
+    ):
         wait_condition(crds, namespace, name)
         data = secret_data(crds, namespace, f"{name}-identity")
         assert set(data) == {"ssh-privatekey", "ssh-publickey", "ssh-certificate", "ssh-ca.pub"}
         (tmp_path / f"{name}-cert.pub").write_bytes(data["ssh-certificate"])
         listing = subprocess.run(
-            ["ssh-keygen", "-L", "-f", str(tmp_path / f"{name}-cert.pub")], capture_output=True, text=True
+            ["ssh-keygen", "-L", "-f", str(tmp_path / f"{name}-cert.pub")],
+            capture_output=True,
+            text=True,
         )
         assert listing.returncode == 0, listing.stderr
         assert f"{kind} certificate" in listing.stdout
         assert principal in listing.stdout
-        assert f"Key ID: \"{namespace}/{name}\"" in listing.stdout
+        assert f'Key ID: "{namespace}/{name}"' in listing.stdout
         # the CA key in the Secret is the one that signed, as ssh-keygen reports it
-        ca_fp = subprocess.run(
-            ["ssh-keygen", "-l", "-f", "/dev/stdin"], input=data["ssh-ca.pub"], capture_output=True, check=True
-        ).stdout.split()[1].decode()
+        ca_fp = (
+            subprocess.run(
+                ["ssh-keygen", "-l", "-f", "/dev/stdin"],
+                input=data["ssh-ca.pub"],
+                capture_output=True,
+                check=True,
+            )
+            .stdout.split()[1]
+            .decode()
+        )
         assert "Signing CA: " in listing.stdout and ca_fp in listing.stdout
         if name == "ops":
             assert "source-address 10.0.0.0/8" in listing.stdout
@@ -161,7 +182,8 @@ def test_trust_bundle_published_and_audit_record_per_signature(
     crds.apply(certificate_manifest("web", namespace, "ca"))
     obj = wait_condition(crds, namespace, "web")
     bundle = eventually(
-        lambda: crds.core.read_namespaced_config_map("signet-issuer-ca-ca", namespace), what="trust ConfigMap"
+        lambda: crds.core.read_namespaced_config_map("signet-issuer-ca-ca", namespace),
+        what="trust ConfigMap",
     )
     assert bundle.data["ca.crt"] == issuer["status"]["caCertificate"]
     assert bundle.data["ssh-ca.pub"].strip() == issuer["status"]["sshCAPublicKey"]
@@ -169,7 +191,8 @@ def test_trust_bundle_published_and_audit_record_per_signature(
         lambda: [
             r
             for r in signet_operator.audit_records()
-            if r["certificate"]["namespace"] == namespace and r["serialNumber"] == obj["status"]["serialNumber"]
+            if r["certificate"]["namespace"] == namespace
+            and r["serialNumber"] == obj["status"]["serialNumber"]
         ],
         what="audit record",
     )
@@ -181,7 +204,9 @@ def test_trust_bundle_published_and_audit_record_per_signature(
     assert record["trigger"] == "DoesNotExist"
     assert len(record["publicKeyFingerprint"]) == 64
     events = crds.core.list_namespaced_event(namespace, field_selector="involvedObject.name=web")
-    assert any(e.reason == "Issued" and obj["status"]["serialNumber"] in e.message for e in events.items)
+    assert any(
+        e.reason == "Issued" and obj["status"]["serialNumber"] in e.message for e in events.items
+    )
     metrics = signet_operator.metrics()
     assert (
         f'signet_certificate_ready_status{{condition="True",issuer_kind="Issuer",issuer_name="ca",'

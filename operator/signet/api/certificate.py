@@ -243,7 +243,9 @@ def _ssh(raw: Mapping[str, Any]) -> SSHSpec:
         key_id=key_id,
         force_command=options.get("forceCommand"),
         source_address=_strings(options.get("sourceAddress"), "sourceAddress", limit=32),
-        extensions=extensions if "extensions" in raw else (() if cert_type == "host" else ("permit-pty",)),
+        extensions=extensions
+        if "extensions" in raw
+        else (() if cert_type == "host" else ("permit-pty",)),
     )
 
 
@@ -255,7 +257,9 @@ def parse_certificate_spec(spec: Mapping[str, Any]) -> CertificateSpec:
         raise SpecError("InvalidSpec", "spec.issuerRef.name is required")
     kind = issuer_raw.get("kind", "Issuer")
     if kind not in ("Issuer", "ClusterIssuer"):
-        raise SpecError("InvalidIssuerRef", f"spec.issuerRef.kind: {kind!r} is not Issuer or ClusterIssuer")
+        raise SpecError(
+            "InvalidIssuerRef", f"spec.issuerRef.kind: {kind!r} is not Issuer or ClusterIssuer"
+        )
     if issuer_raw.get("group", "signet.dev") != "signet.dev":
         raise SpecError("InvalidIssuerRef", "spec.issuerRef.group: only signet.dev is served")
     secret_name = spec.get("secretName")
@@ -268,7 +272,9 @@ def parse_certificate_spec(spec: Mapping[str, Any]) -> CertificateSpec:
     if spec.get("renewBefore") is not None:
         renew_before = parse_duration(spec["renewBefore"], field="spec.renewBefore")
         if renew_before >= duration:
-            raise SpecError("InvalidDuration", "spec.renewBefore must be shorter than spec.duration")
+            raise SpecError(
+                "InvalidDuration", "spec.renewBefore must be shorter than spec.duration"
+            )
     has_x509, has_ssh = spec.get("x509") is not None, spec.get("ssh") is not None
     if has_x509 == has_ssh:
         raise SpecError("InvalidSpec", "exactly one of spec.x509 or spec.ssh must be set")
@@ -283,5 +289,7 @@ def parse_certificate_spec(spec: Mapping[str, Any]) -> CertificateSpec:
         x509=_x509(_mapping(spec["x509"], "spec.x509")) if has_x509 else None,
         ssh=_ssh(_mapping(spec["ssh"], "spec.ssh")) if has_ssh else None,
         secret_labels=dict(_mapping(template.get("labels"), "secretTemplate.labels")),
-        secret_annotations=dict(_mapping(template.get("annotations"), "secretTemplate.annotations")),
+        secret_annotations=dict(
+            _mapping(template.get("annotations"), "secretTemplate.annotations")
+        ),
     )

@@ -22,7 +22,9 @@ _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
 def parse_duration(text: str, *, field: str) -> datetime.timedelta:
     """Parse a positive Go duration; ``field`` names the spec field for the error message."""
     if not isinstance(text, str) or not text:
-        raise SpecError("InvalidDuration", f"{field}: expected a duration such as 24h, got {text!r}")
+        raise SpecError(
+            "InvalidDuration", f"{field}: expected a duration such as 24h, got {text!r}"
+        )
     position, seconds = 0, 0.0
     for match in _PART.finditer(text):
         if match.start() != position:
@@ -41,5 +43,9 @@ def format_duration(value: datetime.timedelta) -> str:
     total = int(value.total_seconds())
     hours, rest = divmod(total, 3600)
     minutes, seconds = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{seconds}s" if seconds else ""]
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{seconds}s" if seconds else "",
+    ]
     return "".join(parts) or "0s"

@@ -98,7 +98,9 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
-            raise SpecError("InvalidPolicy", f"spec.policy.allowedIPRanges: {cidr!r} is not a CIDR") from None
+            raise SpecError(
+                "InvalidPolicy", f"spec.policy.allowedIPRanges: {cidr!r} is not a CIDR"
+            ) from None
     common_names = raw.get("allowedCommonNames")
     return Policy(
         max_duration=max_duration,
@@ -106,8 +108,12 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
         allowed_ip_ranges=ranges,
         allowed_uris=_patterns(raw, "allowedURIs", DEFAULT_URI_PATTERNS),
         allowed_email_addresses=_patterns(raw, "allowedEmailAddresses", ()),
-        allowed_common_names=None if common_names is None else _patterns(raw, "allowedCommonNames", ()),
-        allowed_ssh_principals=_patterns(raw, "allowedSSHPrincipals", DEFAULT_SSH_PRINCIPAL_PATTERNS),
+        allowed_common_names=None
+        if common_names is None
+        else _patterns(raw, "allowedCommonNames", ()),
+        allowed_ssh_principals=_patterns(
+            raw, "allowedSSHPrincipals", DEFAULT_SSH_PRINCIPAL_PATTERNS
+        ),
         allowed_ssh_types=_patterns(raw, "allowedSSHCertificateTypes", ("user", "host")),
         allowed_key_algorithms=_patterns(raw, "allowedKeyAlgorithms", ("ECDSA", "RSA", "Ed25519")),
     )
@@ -136,7 +142,9 @@ def parse_issuer_spec(
         self_signed = SelfSignedCA(
             common_name=raw.get("commonName") or name,
             organization=raw.get("organization"),
-            duration=parse_duration(raw.get("duration", "87600h"), field="spec.x509.selfSigned.duration"),
+            duration=parse_duration(
+                raw.get("duration", "87600h"), field="spec.x509.selfSigned.duration"
+            ),
         )
     elif "x509" in spec:
         raise SpecError("InvalidSpec", "spec.x509: set caSecretRef or selfSigned")
@@ -145,7 +153,10 @@ def parse_issuer_spec(
         raise SpecError("InvalidSpec", "an issuer must enable x509, ssh, or both")
     trust_domain = spec.get("trustDomain", "cluster.local")
     if not isinstance(trust_domain, str) or not TRUST_DOMAIN.match(trust_domain):
-        raise SpecError("InvalidTrustDomain", f"spec.trustDomain: {str(trust_domain)[:64]!r} is not a SPIFFE trust domain")
+        raise SpecError(
+            "InvalidTrustDomain",
+            f"spec.trustDomain: {str(trust_domain)[:64]!r} is not a SPIFFE trust domain",
+        )
     selector = spec.get("namespaceSelector") if kind == "ClusterIssuer" else None
     return IssuerSpec(
         kind=kind,

@@ -14,7 +14,7 @@ import datetime
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from kubernetes.client import ApiException
@@ -48,7 +48,34 @@ logger = logging.getLogger(__name__)
 CertId = tuple[str, str]
 SecretId = tuple[str, str]
 RENEW_ANNOTATION = "signet.dev/renew-requested-at"
-RETRYABLE_WRITE = frozenset({409, 429, 500, 502, 503, 504})
+T = TypeVar("T")
+
+
+class Links(Generic[T]):
+    """Each Certificate points at one target (its Secret, its issuer); the reverse map says
+    which Certificates to wake when that target changes."""
+
+    def __init__(self) -> None:
+        self.targets: dict[CertId, T] = {}
+        self._users: dict[T, set[CertId]] = {}
+
+    def link(self, cert: CertId, target: T) -> None:
+        if self.targets.get(cert) == target:
+            return
+        self.unlink(cert)
+        self.targets[cert] = target
+        self._users.setdefault(target, set()).add(cert)
+
+    def unlink(self, cert: CertId) -> None:
+        old = self.targets.pop(cert, None)
+        if old is not None:
+            users = self._users[old]
+            users.discard(cert)
+            if not users:
+                del self._users[old]
+
+    def users(self, target: T) -> list[CertId]:
+        return list(self._users.get(target, ()))
 
 
 @dataclass
@@ -92,10 +119,8 @@ class CertificateController:
         self._namespace_labels = namespace_labels
         self.pending: dict[CertId, Obj] = {}
         self.secrets: dict[SecretId, SecretSummary] = {}
-        self._secret_users: dict[SecretId, set[CertId]] = {}
-        self._cert_secret: dict[CertId, SecretId] = {}
-        self._issuer_users: dict[IssuerId, set[CertId]] = {}
-        self._cert_issuer: dict[CertId, IssuerId] = {}
+        self._secret_links: Links[SecretId] = Links()
+        self._issuer_links: Links[IssuerId] = Links()
         self._failures: dict[CertId, Failure] = {}
 
     # -- watch input ----------------------------------------------------------------------
@@ -124,7 +149,7 @@ class CertificateController:
             ):
                 return  # our own write, already summarised, or a stale event
             self.secrets[ident] = summarize(body)
-        for cert in self._secret_users.get(ident, ()):
+        for cert in self._secret_links.users(ident):
             self._schedule(cert, 0)
 
     def load_secrets(self, items: list[Obj]) -> None:
@@ -134,12 +159,12 @@ class CertificateController:
     def on_issuer_change(self, issuer: IssuerId) -> None:
         """An issuer became ready, changed or went away: look again now, without waiting
         out a backoff that was about the issuer, not the Certificate."""
-        for cert in list(self._issuer_users.get(issuer, ())):
+        for cert in self._issuer_links.users(issuer):
             self._failures.pop(cert, None)
             self._schedule(cert, 0)
 
     def on_namespace_change(self, namespace: str) -> None:
-        for cert, issuer in list(self._cert_issuer.items()):
+        for cert, issuer in list(self._issuer_links.targets.items()):
             if cert[0] == namespace and issuer[0] == "ClusterIssuer":
                 self._schedule(cert, 0)
 
@@ -147,37 +172,17 @@ class CertificateController:
         secret_name = spec.get("secretName")
         issuer_ref = spec.get("issuerRef") or {}
         if isinstance(secret_name, str):
-            self._move(self._cert_secret, self._secret_users, ident, (ident[0], secret_name))
+            self._secret_links.link(ident, (ident[0], secret_name))
         name = issuer_ref.get("name")
         if isinstance(name, str):
-            kind = issuer_ref.get("kind", "Issuer")
-            issuer = ("ClusterIssuer", "", name) if kind == "ClusterIssuer" else ("Issuer", ident[0], name)
-            self._move(self._cert_issuer, self._issuer_users, ident, issuer)
-
-    @staticmethod
-    def _move(forward: dict[CertId, Any], reverse: dict[Any, set[CertId]], ident: CertId, target: Any) -> None:
-        old = forward.get(ident)
-        if old == target:
-            return
-        if old is not None:
-            users = reverse.get(old)
-            if users:
-                users.discard(ident)
-                if not users:
-                    del reverse[old]
-        forward[ident] = target
-        reverse.setdefault(target, set()).add(ident)
+            cluster = issuer_ref.get("kind") == "ClusterIssuer"
+            self._issuer_links.link(
+                ident, ("ClusterIssuer", "", name) if cluster else ("Issuer", ident[0], name)
+            )
 
     def _forget(self, ident: CertId) -> None:
-        for forward, reverse in (
-            (self._cert_secret, self._secret_users),
-            (self._cert_issuer, self._issuer_users),
-        ):
-            old = forward.pop(ident, None)
-            if old is not None and old in reverse:
-                reverse[old].discard(ident)
-                if not reverse[old]:
-                    del reverse[old]
+        self._secret_links.unlink(ident)
+        self._issuer_links.unlink(ident)
         self._failures.pop(ident, None)
         self._metrics.forget_certificate(ident)
 
@@ -272,13 +277,15 @@ class CertificateController:
         material = issuer_state.material
         if issuer_ident[0] == "ClusterIssuer":
             labels = await self._namespace_labels(namespace)
-            if labels is None or not policy.namespace_selected(material.spec.namespace_selector, labels):
+            if labels is None or not policy.namespace_selected(
+                material.spec.namespace_selector, labels
+            ):
                 await self._fail(
                     body,
                     spec,
                     "NamespaceNotAllowed",
-                    f"ClusterIssuer {spec.issuer_ref.name!r} does not serve namespace {namespace!r} "
-                    "(its namespaceSelector does not select it)",
+                    f"ClusterIssuer {spec.issuer_ref.name!r} does not serve namespace "
+                    f"{namespace!r} (its namespaceSelector does not select it)",
                     retry=False,
                 )
                 return
@@ -298,14 +305,16 @@ class CertificateController:
                 body,
                 spec,
                 "SecretTypeChanged",
-                f"Secret {spec.secret_name!r} has type {summary.secret_type}; a Secret's type cannot "
-                "change: delete the Secret or choose another secretName",
+                f"Secret {spec.secret_name!r} has type {summary.secret_type}; a Secret's type "
+                "cannot change: delete the Secret or choose another secretName",
                 retry=False,
             )
             return
         try:
             reuse = await self._reusable_key(spec, summary)
-            issued = await issuance.issue(material, spec, namespace=namespace, name=name, reuse_key=reuse)
+            issued = await issuance.issue(
+                material, spec, namespace=namespace, name=name, reuse_key=reuse
+            )
         except KmsError as error:
             await self._fail(body, spec, error.reason, str(error), retry=True)
             return
@@ -321,7 +330,11 @@ class CertificateController:
                 self._schedule(ident, 0)
                 return
             await self._fail(
-                body, spec, "SecretWriteFailed", f"writing Secret failed: HTTP {error.status} {error.reason}", retry=True
+                body,
+                spec,
+                "SecretWriteFailed",
+                f"writing Secret failed: HTTP {error.status} {error.reason}",
+                retry=True,
             )
             return
         summary = summarize(written)
@@ -352,11 +365,15 @@ class CertificateController:
             f"valid until {st.timestamp(issued.not_after)}",
         )
         due = _renewal(body, spec, summary)
-        await self._write_ready_status(body, spec, summary, due, trigger=decision, revision=revision)
+        await self._write_ready_status(
+            body, spec, summary, due, trigger=decision, revision=revision
+        )
         self._schedule(ident, (due - _now()).total_seconds())
         await self._trust.publish(issuer_ident, material, namespace)
 
-    async def _reusable_key(self, spec: CertificateSpec, summary: SecretSummary | None) -> keys.LeafPrivateKey | None:
+    async def _reusable_key(
+        self, spec: CertificateSpec, summary: SecretSummary | None
+    ) -> keys.LeafPrivateKey | None:
         """rotationPolicy Never: keep the key in an intact Secret if it fits the spec."""
         if spec.private_key.rotation_policy != "Never" or summary is None or summary.problem:
             return None
@@ -438,11 +455,21 @@ class CertificateController:
     async def _repair_metadata(
         self, body: Obj, spec: CertificateSpec, summary: SecretSummary, decision: Decision
     ) -> None:
-        patch = {"metadata": {"labels": dict(spec.secret_labels), "annotations": dict(spec.secret_annotations)}}
+        patch = {
+            "metadata": {
+                "labels": dict(spec.secret_labels),
+                "annotations": dict(spec.secret_annotations),
+            }
+        }
         try:
             written = await self._api.patch_secret(summary.namespace, summary.name, patch)
         except ApiException as error:
-            logger.warning("could not repair Secret %s/%s: HTTP %s", summary.namespace, summary.name, error.status)
+            logger.warning(
+                "could not repair Secret %s/%s: HTTP %s",
+                summary.namespace,
+                summary.name,
+                error.status,
+            )
             return
         self._metrics.secret_writes.labels("patch").inc()
         self.secrets[(summary.namespace, summary.name)] = summarize(written)
@@ -492,8 +519,13 @@ class CertificateController:
             kept = dict(previous["Issuing"])
             if kept.get("status") != "False" or kept.get("reason") != "Issued":
                 kept = st.condition(
-                    "Issuing", "False", "UpToDate", "no issuance needed",
-                    generation=generation, previous=kept, now=now,
+                    "Issuing",
+                    "False",
+                    "UpToDate",
+                    "no issuance needed",
+                    generation=generation,
+                    previous=kept,
+                    now=now,
                 )
             conditions.append(kept)
         desired: Obj = {
@@ -502,7 +534,9 @@ class CertificateController:
             "notAfter": st.timestamp(summary.not_after),
             "renewalTime": st.timestamp(renewal),
             "serialNumber": summary.serial,
-            "revision": revision if revision is not None else int(annotations.get(layout.REVISION, "0") or 0),
+            "revision": revision
+            if revision is not None
+            else int(annotations.get(layout.REVISION, "0") or 0),
             "keyVersion": annotations.get(layout.KEY_VERSION),
             "spiffeID": annotations.get(layout.SPIFFE_ID),
             "observedGeneration": generation,
@@ -524,7 +558,9 @@ class CertificateController:
             return
         metadata = body["metadata"]
         try:
-            await self._api.patch_status("Certificate", metadata["namespace"], metadata["name"], patch)
+            await self._api.patch_status(
+                "Certificate", metadata["namespace"], metadata["name"], patch
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -547,10 +583,19 @@ class CertificateController:
         current = body.get("status") or {}
         previous = st.conditions_by_type(current)
         summary = self.secrets.get((ident[0], spec.secret_name)) if spec else None
-        if summary is not None and summary.problem is None and summary.not_after and summary.not_after > now:
-            if summary.certificate_name == ident[1]:
-                message += f"; the current certificate stays valid until {st.timestamp(summary.not_after)}"
-        desired: Obj = {k: v for k, v in current.items() if k not in ("conditions", "nextRetryTime")}
+        if (
+            summary is not None
+            and summary.problem is None
+            and summary.certificate_name == ident[1]
+            and summary.not_after
+            and summary.not_after > now
+        ):
+            message += (
+                f"; the current certificate stays valid until {st.timestamp(summary.not_after)}"
+            )
+        desired: Obj = {
+            k: v for k, v in current.items() if k not in ("conditions", "nextRetryTime")
+        }
         issuing = None
         if retry:
             failure = self._failures.get(ident)
@@ -562,16 +607,34 @@ class CertificateController:
             desired["lastFailureTime"] = st.timestamp(now)
             desired["nextRetryTime"] = st.timestamp(next_retry)
             issuing = st.condition(
-                "Issuing", "True", reason, f"attempt {attempts} failed; retrying at {st.timestamp(next_retry)}",
-                generation=generation, previous=previous.get("Issuing"), now=now,
+                "Issuing",
+                "True",
+                reason,
+                f"attempt {attempts} failed; retrying at {st.timestamp(next_retry)}",
+                generation=generation,
+                previous=previous.get("Issuing"),
+                now=now,
             )
         elif previous.get("Issuing"):
             issuing = st.condition(
-                "Issuing", "False", reason, "not retrying until the spec or its inputs change",
-                generation=generation, previous=previous.get("Issuing"), now=now,
+                "Issuing",
+                "False",
+                reason,
+                "not retrying until the spec or its inputs change",
+                generation=generation,
+                previous=previous.get("Issuing"),
+                now=now,
             )
         desired["conditions"] = [
-            st.condition("Ready", "False", reason, message, generation=generation, previous=previous.get("Ready"), now=now),
+            st.condition(
+                "Ready",
+                "False",
+                reason,
+                message,
+                generation=generation,
+                previous=previous.get("Ready"),
+                now=now,
+            ),
             *([issuing] if issuing else []),
         ]
         desired["observedGeneration"] = generation
@@ -606,4 +669,9 @@ def _key_fits(key: keys.LeafPrivateKey, spec: CertificateSpec) -> bool:
 
 def _renewal(body: Obj, spec: CertificateSpec, summary: SecretSummary) -> datetime.datetime:
     assert summary.not_before is not None and summary.not_after is not None
-    return renewal_time(body["metadata"]["uid"], summary.not_before, summary.not_after, spec.renew_before_or_default())
+    return renewal_time(
+        body["metadata"]["uid"],
+        summary.not_before,
+        summary.not_after,
+        spec.renew_before_or_default(),
+    )

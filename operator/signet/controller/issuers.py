@@ -122,7 +122,12 @@ class IssuerController:
             self._schedule(ident, RECHECK.total_seconds())
         else:
             state.failures = (previous.failures if previous else 0) + 1
-            if state.reason not in ("InvalidSpec", "InvalidKeyVersion", "InvalidTrustDomain", "InvalidPolicy"):
+            if state.reason not in (
+                "InvalidSpec",
+                "InvalidKeyVersion",
+                "InvalidTrustDomain",
+                "InvalidPolicy",
+            ):
                 self._schedule(ident, retry_delay(state.failures).total_seconds())
         self.states[ident] = state
         changed = (
@@ -164,7 +169,11 @@ class IssuerController:
         material = IssuerMaterial(spec, signer, kms_key, chain, ssh_line)
         what = ", ".join(p for p in ("X.509" if chain else "", "SSH" if ssh_line else "") if p)
         return IssuerState(
-            True, "KeyReady", f"signing {what} with {spec.key_version} ({kms_key.algorithm})", spec, material
+            True,
+            "KeyReady",
+            f"signing {what} with {spec.key_version} ({kms_key.algorithm})",
+            spec,
+            material,
         )
 
     async def _ca_chain(
@@ -174,16 +183,21 @@ class IssuerController:
             namespace = spec.namespace or spec.ca_secret.namespace or self._operator_namespace
             secret = await self._api.get_secret(namespace, spec.ca_secret.name)
             if secret is None:
-                raise SpecError("CASecretNotFound", f"CA Secret {namespace}/{spec.ca_secret.name} not found")
+                raise SpecError(
+                    "CASecretNotFound", f"CA Secret {namespace}/{spec.ca_secret.name} not found"
+                )
             encoded = (secret.get("data") or {}).get(spec.ca_secret.key)
             if not encoded:
                 raise SpecError(
-                    "CASecretInvalid", f"CA Secret {namespace}/{spec.ca_secret.name} has no {spec.ca_secret.key!r}"
+                    "CASecretInvalid",
+                    f"CA Secret {namespace}/{spec.ca_secret.name} has no {spec.ca_secret.key!r}",
                 )
             try:
                 return parse_ca_chain(base64.b64decode(encoded), kms_key.public_key)
             except ValueError as error:
-                raise SpecError("CASecretInvalid", f"CA Secret {namespace}/{spec.ca_secret.name}: {error}") from None
+                raise SpecError(
+                    "CASecretInvalid", f"CA Secret {namespace}/{spec.ca_secret.name}: {error}"
+                ) from None
         if spec.self_signed is None:
             return None
         existing = _usable_self_signed(body, kms_key, spec)
@@ -228,14 +242,18 @@ class IssuerController:
                 pem = serialization.Encoding.PEM
                 ca = material.chain.issuer
                 desired["caCertificate"] = ca.public_bytes(pem).decode()
-                desired["caBundle"] = b"".join(c.public_bytes(pem) for c in material.chain.certificates).decode()
+                desired["caBundle"] = b"".join(
+                    c.public_bytes(pem) for c in material.chain.certificates
+                ).decode()
                 desired["caFingerprint"] = ca.fingerprint(hashes.SHA256()).hex()
                 desired["caNotAfter"] = st.timestamp(ca.not_valid_after_utc)
             if material.ssh_ca_line is not None:
                 desired["sshCAPublicKey"] = material.ssh_ca_line
                 desired["sshCAFingerprint"] = keys.openssh_fingerprint(material.kms_key.public_key)
         elif current.get("caCertificate"):
-            desired["caCertificate"] = current["caCertificate"]  # keep the bootstrap CA across outages
+            desired["caCertificate"] = current[
+                "caCertificate"
+            ]  # keep the bootstrap CA across outages
         patch = st.status_patch(current, desired)
         if patch is None:
             return
@@ -246,7 +264,11 @@ class IssuerController:
 def _material_key(material: IssuerMaterial | None) -> tuple[str, str, str] | None:
     if material is None:
         return None
-    return (material.kms_key.key_version, material.ca_key_id(False) or "", material.ssh_ca_line or "")
+    return (
+        material.kms_key.key_version,
+        material.ca_key_id(False) or "",
+        material.ssh_ca_line or "",
+    )
 
 
 def _never_sign(data: bytes) -> bytes:
@@ -261,7 +283,9 @@ def _ca_subject(common_name: str, organization: str | None) -> x509.Name:
     return x509.Name(attributes)
 
 
-def _usable_self_signed(body: Obj, kms_key: KmsPublicKey, spec: IssuerSpec) -> x509.Certificate | None:
+def _usable_self_signed(
+    body: Obj, kms_key: KmsPublicKey, spec: IssuerSpec
+) -> x509.Certificate | None:
     """The bootstrap CA already in status, if it is still right for this key and spec.
 
     Reusing it keeps the trust anchor stable across restarts and spends no signature; a
@@ -278,11 +302,12 @@ def _usable_self_signed(body: Obj, kms_key: KmsPublicKey, spec: IssuerSpec) -> x
     der = serialization.Encoding.DER
     if certificate.public_key().public_bytes(der, fmt) != kms_key.public_key.public_bytes(der, fmt):
         return None
-    if certificate.subject != _ca_subject(spec.self_signed.common_name, spec.self_signed.organization):
+    if certificate.subject != _ca_subject(
+        spec.self_signed.common_name, spec.self_signed.organization
+    ):
         return None
     now = datetime.datetime.now(datetime.UTC)
     lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
     if now > certificate.not_valid_after_utc - lifetime / 3:
         return None
     return certificate
-

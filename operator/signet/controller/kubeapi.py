@@ -36,9 +36,9 @@ class KubeApi:
         """In-cluster config when running in a pod, else the kubeconfig (or $KUBECONFIG)."""
         configuration = kubernetes.client.Configuration()
         try:
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
+            kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig, client_configuration=configuration
             )
         configuration.connection_pool_maxsize = threads
@@ -46,7 +46,7 @@ class KubeApi:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        self.client.close()  # type: ignore[no-untyped-call]
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
         loop = asyncio.get_running_loop()
@@ -67,7 +67,12 @@ class KubeApi:
     async def get_object(self, kind: str, namespace: str | None, name: str) -> Obj | None:
         if namespace:
             return await self._get_or_none(
-                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURALS[kind], name
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURALS[kind],
+                name,
             )
         return await self._get_or_none(
             self.custom.get_cluster_custom_object, GROUP, VERSION, PLURALS[kind], name
@@ -87,7 +92,12 @@ class KubeApi:
                 body,
             )
         return await self._call(
-            self.custom.patch_cluster_custom_object_status, GROUP, VERSION, PLURALS[kind], name, body
+            self.custom.patch_cluster_custom_object_status,
+            GROUP,
+            VERSION,
+            PLURALS[kind],
+            name,
+            body,
         )
 
     # Secrets -----------------------------------------------------------------------------
@@ -120,7 +130,9 @@ class KubeApi:
                 return items
 
     # ConfigMaps (trust bundles) ----------------------------------------------------------
-    async def apply_configmap(self, namespace: str, name: str, labels: dict[str, str], data: dict[str, str]) -> None:
+    async def apply_configmap(
+        self, namespace: str, name: str, labels: dict[str, str], data: dict[str, str]
+    ) -> None:
         """Create or update a ConfigMap to hold exactly ``data``; no write if unchanged."""
         current = await self._get_or_none(self.core.read_namespaced_config_map, name, namespace)
         body = {
@@ -141,7 +153,12 @@ class KubeApi:
             (current["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items()
         ):
             return
-        await self._call(self.core.patch_namespaced_config_map, name, namespace, {"metadata": {"labels": labels}, "data": data})
+        await self._call(
+            self.core.patch_namespaced_config_map,
+            name,
+            namespace,
+            {"metadata": {"labels": labels}, "data": data},
+        )
 
     # Namespaces and Events ---------------------------------------------------------------
     async def get_namespace(self, name: str) -> Obj | None:
@@ -149,4 +166,3 @@ class KubeApi:
 
     async def create_event(self, namespace: str, body: Obj) -> None:
         await self._call(self.core.create_namespaced_event, namespace, body)
-

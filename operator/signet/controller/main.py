@@ -12,37 +12,61 @@ from signet.controller.runtime import Config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
-    scope.add_argument("--namespace", "-n", action="append", default=[], help="watch only these namespaces")
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch every namespace (default)"
+    )
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], help="watch only these namespaces"
+    )
     peering = parser.add_mutually_exclusive_group()
-    peering.add_argument("--standalone", action="store_true", default=True, help="no peering (default)")
-    peering.add_argument("--peering", metavar="NAME", help="kopf peering name: standbys wait while one acts")
-    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="default: in-cluster or $KUBECONFIG")
+    peering.add_argument(
+        "--standalone", action="store_true", default=True, help="no peering (default)"
+    )
+    peering.add_argument(
+        "--peering", metavar="NAME", help="kopf peering name: standbys wait while one acts"
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        help="default: in-cluster or $KUBECONFIG",
+    )
     parser.add_argument(
         "--kms-emulator",
         default=os.environ.get("SIGNET_KMS_EMULATOR"),
         metavar="HOST:PORT",
         help="talk to the Signet KMS emulator instead of Cloud KMS ($SIGNET_KMS_EMULATOR)",
     )
-    parser.add_argument("--metrics-port", type=int, default=9402, help="Prometheus /metrics port; 0 disables")
-    parser.add_argument("--health-port", type=int, default=8080, help="liveness/readiness /healthz port; 0 disables")
+    parser.add_argument(
+        "--metrics-port", type=int, default=9402, help="Prometheus /metrics port; 0 disables"
+    )
+    parser.add_argument(
+        "--health-port", type=int, default=8080, help="liveness/readiness /healthz port; 0 disables"
+    )
     parser.add_argument("--log-format", choices=("json", "text"), default="json")
     parser.add_argument("--verbose", action="store_true")
-    parser.add_argument("--audit-log", type=Path, help="also append audit records (JSON lines) to this file")
+    parser.add_argument(
+        "--audit-log", type=Path, help="also append audit records (JSON lines) to this file"
+    )
     parser.add_argument(
         "--sign-qps",
         type=float,
-        default=float(os.environ["SIGNET_KMS_SIGN_QPS"]) if os.environ.get("SIGNET_KMS_SIGN_QPS") else None,
+        default=float(os.environ["SIGNET_KMS_SIGN_QPS"])
+        if os.environ.get("SIGNET_KMS_SIGN_QPS")
+        else None,
         help="KMS signatures per second, process-wide ($SIGNET_KMS_SIGN_QPS; default unlimited)",
     )
-    parser.add_argument("--max-concurrent-signs", type=int, default=32, help="KMS signatures in flight")
+    parser.add_argument(
+        "--max-concurrent-signs", type=int, default=32, help="KMS signatures in flight"
+    )
     parser.add_argument(
         "--kms-deadline",
         type=float,
         default=10.0,
         help="seconds one signature may take including retries before the attempt fails",
     )
-    parser.add_argument("--max-concurrent-issuances", type=int, default=32, help="reconcile workers")
+    parser.add_argument(
+        "--max-concurrent-issuances", type=int, default=32, help="reconcile workers"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         peering_name=args.peering,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz"
+        if args.health_port
+        else None,
         memo=kopf.Memo(config=config),
     )
     return 0

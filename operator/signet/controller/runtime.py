@@ -19,7 +19,13 @@ from signet.controller.certificates import CertificateController
 from signet.controller.issuers import IssuerController
 from signet.controller.kubeapi import KubeApi, Obj
 from signet.controller.trust import TrustPublisher
-from signet.kms.cloudkms import RetryPolicy, SignLimiter, SignObservation, close_client, create_client
+from signet.kms.cloudkms import (
+    RetryPolicy,
+    SignLimiter,
+    SignObservation,
+    close_client,
+    create_client,
+)
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
 from signet.observe.metrics import Metrics
@@ -46,7 +52,9 @@ class Config:
     kms_deadline: float = 10.0
     workers: int = 32
     api_threads: int = 16
-    operator_namespace: str = field(default_factory=lambda: os.environ.get("SIGNET_NAMESPACE", "signet-system"))
+    operator_namespace: str = field(
+        default_factory=lambda: os.environ.get("SIGNET_NAMESPACE", "signet-system")
+    )
 
 
 class Runtime:
@@ -61,7 +69,9 @@ class Runtime:
         # Certificate building blocks a thread while KMS signs; the default pool (cores + 4)
         # would cap in-flight signatures at six on a small node.
         loop.set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(config.max_concurrent_signs + 8, thread_name_prefix="sign")
+            concurrent.futures.ThreadPoolExecutor(
+                config.max_concurrent_signs + 8, thread_name_prefix="sign"
+            )
         )
         self.api = KubeApi.from_environment(config.kubeconfig, threads=config.api_threads)
         self.queue: WorkQueue[Key] = WorkQueue(self._process, workers=config.workers)
@@ -79,7 +89,9 @@ class Runtime:
             on_change=lambda ident: self.certificates.on_issuer_change(ident),
             schedule=lambda ident, delay: self.queue.add(ident, delay),
             observe_sign=self._observe_sign,
-            retry=RetryPolicy(deadline=config.kms_deadline, attempt_timeout=min(10.0, config.kms_deadline)),
+            retry=RetryPolicy(
+                deadline=config.kms_deadline, attempt_timeout=min(10.0, config.kms_deadline)
+            ),
         )
         self.certificates = CertificateController(
             self.api,
@@ -106,7 +118,9 @@ class Runtime:
             body = await self.api.get_namespace(namespace)
             if body is None:
                 return None
-            labels = self.namespace_labels.setdefault(namespace, dict(body["metadata"].get("labels") or {}))
+            labels = self.namespace_labels.setdefault(
+                namespace, dict(body["metadata"].get("labels") or {})
+            )
         return labels
 
     def _observe_sign(self, observation: SignObservation) -> None:

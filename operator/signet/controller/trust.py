@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from kubernetes.client import ApiException
 from cryptography.hazmat.primitives import serialization
+from kubernetes.client import ApiException
 
 from signet.controller.issuers import IssuerId
 from signet.controller.kubeapi import KubeApi
@@ -37,7 +37,9 @@ def bundle(material: IssuerMaterial) -> dict[str, str]:
     for TrustedUserCAKeys and an @cert-authority line for ssh_known_hosts."""
     data: dict[str, str] = {}
     if material.chain is not None:
-        data["ca.crt"] = material.chain.trust_anchor.public_bytes(serialization.Encoding.PEM).decode()
+        data["ca.crt"] = material.chain.trust_anchor.public_bytes(
+            serialization.Encoding.PEM
+        ).decode()
     if material.ssh_ca_line is not None:
         data["ssh-ca.pub"] = material.ssh_ca_line + "\n"
         data["ssh_known_hosts"] = f"@cert-authority * {material.ssh_ca_line}\n"
@@ -54,7 +56,10 @@ class TrustPublisher:
         digest = hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()
         if self._published.get((issuer, namespace)) == digest:
             return
-        labels = {TRUST_LABEL: issuer[2][:63].rstrip("-_."), "app.kubernetes.io/managed-by": "signet"}
+        labels = {
+            TRUST_LABEL: issuer[2][:63].rstrip("-_."),
+            "app.kubernetes.io/managed-by": "signet",
+        }
         try:
             await self._api.apply_configmap(namespace, configmap_name(issuer), labels, data)
         except ApiException as error:

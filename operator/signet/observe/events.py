@@ -66,7 +66,7 @@ class EventPoster:
         async with self._slots:
             try:
                 await self._sink.create_event(namespace, body)
-            except Exception as error:  # noqa: BLE001 - an Event is never worth failing for
+            except Exception as error:  # an Event is never worth failing a reconcile for
                 logger.warning("could not post Event %s: %s", body["reason"], type(error).__name__)
 
     async def drain(self) -> None:

@@ -82,7 +82,7 @@ def retry_delay(failed_attempts: int) -> datetime.timedelta:
     """Exponential backoff from seconds (not cert-manager's hour), capped at five minutes."""
     if failed_attempts <= 0:
         return datetime.timedelta(0)
-    return min(RETRY_BASE * 2 ** (failed_attempts - 1), RETRY_CAP)
+    return min(RETRY_BASE * (1 << min(failed_attempts - 1, 20)), RETRY_CAP)
 
 
 def _template_drift(spec: CertificateSpec, secret: SecretSummary) -> str | None:
@@ -113,6 +113,30 @@ def _issuer_mismatch(
     if issuer.ca_key_id and secret.ca_key_id and secret.ca_key_id != issuer.ca_key_id:
         return "certificate was not signed by the issuer's current CA key"
     return None
+
+
+def _parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def _renewal_requested(requested: str | None, issued: str | None, now: datetime.datetime) -> bool:
+    """`signet renew` stamps the Certificate; honour a stamp newer than the Secret.
+
+    A stamp in the future is ignored rather than obeyed until it passes, which would
+    re-issue in a loop.
+    """
+    requested_at, issued_at = _parse_time(requested), _parse_time(issued)
+    return (
+        requested_at is not None
+        and issued_at is not None
+        and issued_at < requested_at <= now + datetime.timedelta(seconds=5)
+    )
 
 
 def decide(
@@ -149,20 +173,24 @@ def decide(
         return Decision(Action.ISSUE, "IncorrectIssuer", mismatch)
     if secret.annotations.get(layout.SPEC_HASH) != spec.content_hash():
         return Decision(Action.ISSUE, "SpecChanged", "the spec changed since the last issuance")
-    issued_at = secret.annotations.get(layout.ISSUED_AT, "")
-    if cert.renew_requested_at and cert.renew_requested_at > issued_at:
+    if _renewal_requested(cert.renew_requested_at, secret.annotations.get(layout.ISSUED_AT), now):
         return Decision(Action.ISSUE, "ManuallyTriggered", "renewal requested (signet renew)")
     assert secret.not_before is not None and secret.not_after is not None
     if now >= secret.not_after:
-        return Decision(Action.ISSUE, "Expired", f"certificate expired at {secret.not_after:%Y-%m-%dT%H:%M:%SZ}")
-    due = renewal_time(cert.uid, secret.not_before, secret.not_after, spec.renew_before_or_default())
-    if now >= due:
         return Decision(
-            Action.ISSUE, "Renewing", f"renewal time {due:%Y-%m-%dT%H:%M:%SZ} reached"
+            Action.ISSUE, "Expired", f"certificate expired at {secret.not_after:%Y-%m-%dT%H:%M:%SZ}"
         )
+    due = renewal_time(
+        cert.uid, secret.not_before, secret.not_after, spec.renew_before_or_default()
+    )
+    if now >= due:
+        return Decision(Action.ISSUE, "Renewing", f"renewal time {due:%Y-%m-%dT%H:%M:%SZ} reached")
     drift = _template_drift(spec, secret)
     if drift:
         return Decision(
-            Action.REPAIR_METADATA, "SecretMetadataDrift", f"Secret {drift} differs from secretTemplate", due
+            Action.REPAIR_METADATA,
+            "SecretMetadataDrift",
+            f"Secret {drift} differs from secretTemplate",
+            due,
         )
     return Decision(Action.NOTHING, "UpToDate", "certificate is up to date", due)

@@ -15,6 +15,7 @@ client-go's workqueue, which controller authors already know:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -94,10 +95,8 @@ class WorkQueue(Generic[K]):
                 del self._scheduled[key]
                 return key
             timeout = self._heap[0][0] - now if self._heap else None
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def _worker(self) -> None:
         while True:

@@ -155,7 +155,9 @@ def _summarize_ssh(base: SecretSummary, data: Mapping[str, Any]) -> SecretSummar
     try:
         certificate = serialization.load_ssh_public_identity(values[layout.SSH_CERTIFICATE])
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise _Problem("InvalidCertificate", "ssh-certificate is not an OpenSSH certificate") from None
+        raise _Problem(
+            "InvalidCertificate", "ssh-certificate is not an OpenSSH certificate"
+        ) from None
     if not isinstance(certificate, serialization.SSHCertificate):
         raise _Problem("InvalidCertificate", "ssh-certificate holds a plain key, not a certificate")
     try:

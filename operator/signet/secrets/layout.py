@@ -49,7 +49,10 @@ SSH_PUBLIC_KEY = "ssh-publickey"
 SSH_CERTIFICATE = "ssh-certificate"
 SSH_CA = "ssh-ca.pub"
 
-REQUIRED_KEYS = {TLS_TYPE: (TLS_CERT, TLS_KEY, CA_CERT), SSH_TYPE: (SSH_PRIVATE_KEY, SSH_CERTIFICATE)}
+REQUIRED_KEYS = {
+    TLS_TYPE: (TLS_CERT, TLS_KEY, CA_CERT),
+    SSH_TYPE: (SSH_PRIVATE_KEY, SSH_CERTIFICATE),
+}
 
 
 def certificate_label_value(name: str) -> str:
