@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from signet.api.certificate import CertificateSpec
+from signet.api.duration import format_duration
 from signet.api.issuer import IssuerSpec
 
 
@@ -92,8 +93,8 @@ def check(spec: CertificateSpec, issuer: IssuerSpec, namespace: str) -> Denial |
     if spec.duration > policy.max_duration:
         return Denial(
             "DurationTooLong",
-            f"spec.duration {spec.duration} exceeds policy.maxDuration {policy.max_duration} "
-            f"of {issuer.ref}",
+            f"spec.duration {format_duration(spec.duration)} exceeds policy.maxDuration "
+            f"{format_duration(policy.max_duration)} of {issuer.ref}",
         )
     if spec.private_key.algorithm not in policy.allowed_key_algorithms:
         return Denial(
