@@ -1,0 +1,175 @@
+"""Spec parsing: what the schema cannot catch is caught here, with the field named."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from signet.api import SpecError
+from signet.api.certificate import parse_certificate_spec
+from signet.api.duration import format_duration, parse_duration
+from signet.api.issuer import parse_issuer_spec
+
+KEY = "projects/signet-dev/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"
+
+
+def _cert(**spec: Any) -> dict[str, Any]:
+    return {
+        "issuerRef": {"name": "ca"},
+        "secretName": "s",
+        "x509": {"dnsNames": ["a.b.svc"]},
+        **spec,
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("24h", 86400), ("90m", 5400), ("1h30m", 5400), ("2.5h", 9000), ("45s", 45), ("1500ms", 1.5)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text, field="f").total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "24", "1d", "-1h", "0s", "1h 30m", "9" * 40 + "h"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(SpecError) as error:
+        parse_duration(text, field="spec.duration")
+    assert error.value.reason == "InvalidDuration"
+    assert "spec.duration" in error.value.message
+
+
+def test_format_duration() -> None:
+    assert format_duration(datetime.timedelta(hours=2160)) == "2160h"
+    assert format_duration(datetime.timedelta(seconds=5430)) == "1h30m30s"
+
+
+def test_defaults() -> None:
+    spec = parse_certificate_spec(_cert())
+    assert spec.duration == datetime.timedelta(hours=24)
+    assert spec.renew_before_or_default() == datetime.timedelta(hours=8)
+    assert (spec.private_key.algorithm, spec.private_key.size) == ("ECDSA", 256)
+    assert spec.x509 is not None and spec.x509.usages[:2] == (
+        "digital signature",
+        "key encipherment",
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason", "fragment"),
+    [
+        ({"x509": None}, "InvalidSpec", "exactly one of spec.x509 or spec.ssh"),
+        ({"ssh": {"type": "user", "principals": ["a"]}}, "InvalidSpec", "exactly one of"),
+        ({"duration": "30s"}, "InvalidDuration", "between 1m and 87600h"),
+        ({"renewBefore": "48h"}, "InvalidDuration", "renewBefore must be shorter"),
+        ({"privateKey": {"algorithm": "DSA"}}, "UnsupportedKeyAlgorithm", "'DSA'"),
+        (
+            {"privateKey": {"algorithm": "RSA", "size": 1024}},
+            "UnsupportedKeySize",
+            "2048, 3072, 4096",
+        ),
+        ({"privateKey": {"algorithm": "Ed25519", "size": 256}}, "UnsupportedKeySize", "no size"),
+        ({"issuerRef": {"name": "ca", "kind": "Vault"}}, "InvalidIssuerRef", "'Vault'"),
+        ({"x509": {"ipAddresses": ["1.2.3.999"]}}, "InvalidSpec", "'1.2.3.999' is not an IP"),
+        ({"x509": {"dnsNames": "a.b"}}, "InvalidSpec", "expected a list of strings"),
+        (
+            {"x509": {"spiffe": {"serviceAccount": "a"}, "uris": ["https://x"]}},
+            "InvalidSpec",
+            "exactly one URI",
+        ),
+        ({"x509": {}}, "InvalidSpec", "at least one identity"),
+        ({"x509": {"usages": ["cert sign"]}}, "InvalidSpec", "unknown usage 'cert sign'"),
+    ],
+)
+def test_certificate_spec_errors(spec: dict[str, Any], reason: str, fragment: str) -> None:
+    raw = _cert(**spec)
+    if raw.get("x509") is None:
+        raw.pop("x509")
+    with pytest.raises(SpecError) as error:
+        parse_certificate_spec(raw)
+    assert error.value.reason == reason
+    assert fragment in error.value.message
+
+
+def test_ssh_spec_and_host_rules() -> None:
+    spec = parse_certificate_spec(
+        {
+            "issuerRef": {"name": "ca"},
+            "secretName": "s",
+            "ssh": {"type": "user", "principals": ["ns-a"]},
+        }
+    )
+    assert spec.ssh is not None and spec.ssh.extensions == ("permit-pty",)
+    with pytest.raises(SpecError, match="host certificates carry no"):
+        parse_certificate_spec(
+            {
+                "issuerRef": {"name": "ca"},
+                "secretName": "s",
+                "ssh": {"type": "host", "principals": ["h"], "extensions": ["permit-pty"]},
+            }
+        )
+
+
+def test_content_hash_ignores_what_costs_no_signature() -> None:
+    base = parse_certificate_spec(_cert())
+    assert (
+        base.content_hash()
+        == parse_certificate_spec(
+            _cert(
+                renewBefore="1h",
+                secretTemplate={"labels": {"a": "b"}},
+                privateKey={"rotationPolicy": "Never"},
+            )
+        ).content_hash()
+    )
+    assert base.content_hash() != parse_certificate_spec(_cert(duration="48h")).content_hash()
+    assert (
+        base.content_hash()
+        != parse_certificate_spec(_cert(x509={"dnsNames": ["c.d.svc"]})).content_hash()
+    )
+
+
+def test_issuer_spec() -> None:
+    spec = parse_issuer_spec(
+        "Issuer",
+        "ca",
+        "shop",
+        {"kms": {"cloudKMS": {"keyVersion": KEY}}, "x509": {"selfSigned": {}}},
+    )
+    assert spec.self_signed is not None and spec.self_signed.common_name == "ca"
+    assert spec.trust_domain == "cluster.local"
+    assert spec.policy.allowed_dns_names == ("*.{namespace}.svc", "*.{namespace}.svc.cluster.local")
+    assert spec.ref == "Issuer/shop/ca"
+    assert not spec.ssh_enabled
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        (
+            {
+                "kms": {"cloudKMS": {"keyVersion": "projects/x/keyRings/r"}},
+                "x509": {"selfSigned": {}},
+            },
+            "InvalidKeyVersion",
+        ),
+        ({"kms": {"cloudKMS": {"keyVersion": KEY}}}, "InvalidSpec"),
+        (
+            {"kms": {"cloudKMS": {"keyVersion": KEY}}, "ssh": {}, "trustDomain": "Bad Domain"},
+            "InvalidTrustDomain",
+        ),
+        (
+            {
+                "kms": {"cloudKMS": {"keyVersion": KEY}},
+                "ssh": {},
+                "policy": {"allowedIPRanges": ["x"]},
+            },
+            "InvalidPolicy",
+        ),
+    ],
+)
+def test_issuer_spec_errors(spec: dict[str, Any], reason: str) -> None:
+    with pytest.raises(SpecError) as error:
+        parse_issuer_spec("Issuer", "ca", "shop", spec)
+    assert error.value.reason == reason
