@@ -25,7 +25,8 @@ pytestmark = pytest.mark.cluster
         (
             {"x509": {"uris": ["spiffe://cluster.local/ns/kube-system/sa/admin"]}},
             "SPIFFEIDNotAllowed",
-            "'spiffe://cluster.local/ns/kube-system/sa/admin' is not one of this namespace's identities",
+            "'spiffe://cluster.local/ns/kube-system/sa/admin' is not one of this namespace's "
+            "identities",
         ),
         (
             {"x509": {"dnsNames": ["web.{ns}.svc", "payments.billing.svc"]}},
