@@ -23,11 +23,12 @@ tools:
 	@tools/build-tools.sh
 
 ## lint: ruff, mypy (strict) and the import-layering contracts
-lint: venv
+lint: venv tools
 	$(BIN)/ruff check operator tests hack bench
 	$(BIN)/ruff format --check operator tests hack bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@test ! -x .tools/bin/helm || .tools/bin/helm lint --strict --quiet charts/signet
 
 ## test: everything CI runs: lint, unit tests, cluster tests on a real control plane
 test: venv tools lint
@@ -39,8 +40,10 @@ test-unit: venv
 test-cluster: venv tools
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
+## crds: regenerate the issuer CRDs and copy all CRDs into the Helm chart
 crds: venv
 	$(BIN)/python hack/gen_issuer_crds.py
+	cp crds/*.yaml charts/signet/files/crds/
 
 demo: venv tools
 	$(BIN)/python -m signet.demo $(if $(ONCE),--once,)

@@ -1,4 +1,4 @@
-"""Chart tests need the helm binary (built by `make tools`)."""
+"""Fixtures of the chart tests (helm itself is found by tests.chart.helm)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 
-from tests.chart.helm import helm_binary
 from tests.kube import Kube
-
-
-@pytest.fixture(autouse=True)
-def _need_helm() -> None:
-    if helm_binary() is None:
-        pytest.skip("helm not built: run `make tools`")
 
 
 @pytest.fixture

@@ -199,3 +199,11 @@ def wait_issuer_ready(
 
     result: dict[str, Any] = eventually(check, timeout=timeout, what=f"issuer {name} Ready")
     return result
+
+
+def signatures(counters: Any, issuer: dict[str, Any]) -> int:
+    """AsymmetricSign calls the emulator served for this issuer's key version."""
+    count: int = counters.count(
+        "AsymmetricSign", name=issuer["spec"]["kms"]["cloudKMS"]["keyVersion"]
+    )
+    return count

@@ -108,6 +108,7 @@ class CertificateController:
         *,
         schedule: Callable[[CertId, float], None],
         namespace_labels: Callable[[str], Awaitable[dict[str, str] | None]],
+        namespace_terminating: Callable[[str], bool] = lambda _: False,
     ) -> None:
         self._api = api
         self._events = events
@@ -117,6 +118,7 @@ class CertificateController:
         self._trust = trust
         self._schedule = schedule
         self._namespace_labels = namespace_labels
+        self._namespace_terminating = namespace_terminating
         self.pending: dict[CertId, Obj] = {}
         self.secrets: dict[SecretId, SecretSummary] = {}
         self._secret_links: Links[SecretId] = Links()
@@ -195,8 +197,8 @@ class CertificateController:
             if body is None:
                 self._forget(ident)
                 return
-        if body["metadata"].get("deletionTimestamp"):
-            return
+        if body["metadata"].get("deletionTimestamp") or self._namespace_terminating(namespace):
+            return  # going away: its Secret may vanish first, which must not cost a signature
         try:
             spec = parse_certificate_spec(body.get("spec") or {})
         except SpecError as error:

@@ -114,16 +114,21 @@ class KubeApi:
     async def patch_secret(self, namespace: str, name: str, patch: Obj) -> Obj:
         return await self._call(self.core.patch_namespaced_secret, name, namespace, patch)
 
-    async def list_secrets(self, label_selector: str, page: int = 500) -> list[Obj]:
-        """Every Secret matching the selector, paginated so a large cluster costs bounded
-        memory per page."""
+    async def list_secrets(
+        self, label_selector: str, namespace: str | None = None, page: int = 500
+    ) -> list[Obj]:
+        """Every Secret matching the selector (in one namespace, or all), paginated so a
+        large cluster costs bounded memory per page."""
         items: list[Obj] = []
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": page}
             if token:
                 kwargs["_continue"] = token
-            result = await self._call(self.core.list_secret_for_all_namespaces, **kwargs)
+            if namespace:
+                result = await self._call(self.core.list_namespaced_secret, namespace, **kwargs)
+            else:
+                result = await self._call(self.core.list_secret_for_all_namespaces, **kwargs)
             items.extend(result.get("items") or [])
             token = (result.get("metadata") or {}).get("continue")
             if not token:

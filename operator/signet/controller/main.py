@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
     )
+    if args.peering:
+        ensure_peering(args.peering, config.namespaces, args.kubeconfig)
     if not args.verbose:  # one "Handler succeeded" line per watch event is noise at scale
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
@@ -105,3 +107,38 @@ def run(args: argparse.Namespace) -> int:
         memo=kopf.Memo(config=config),
     )
     return 0
+
+
+def ensure_peering(name: str, namespaces: list[str], kubeconfig: str | None) -> None:
+    """Create kopf's peering object(s) if missing.
+
+    kopf only patches an existing peering object and silently runs standalone without one,
+    so replicas started with ``--peering`` would all act. Creating it here, before kopf
+    starts, makes ``--peering`` mean what it says.
+    """
+    import kubernetes
+
+    from signet.controller.kubeapi import KubeApi
+
+    api = KubeApi.from_environment(kubeconfig, threads=1)
+    body = {"apiVersion": "kopf.dev/v1", "metadata": {"name": name}}
+    try:
+        scopes: list[str | None] = list(namespaces) or [None]
+        for namespace in scopes:
+            try:
+                if namespace:
+                    api.custom.create_namespaced_custom_object(
+                        "kopf.dev", "v1", namespace, "kopfpeerings", {**body, "kind": "KopfPeering"}
+                    )
+                else:
+                    api.custom.create_cluster_custom_object(
+                        "kopf.dev",
+                        "v1",
+                        "clusterkopfpeerings",
+                        {**body, "kind": "ClusterKopfPeering"},
+                    )
+            except kubernetes.client.ApiException as error:
+                if error.status != 409:
+                    raise
+    finally:
+        api.close()

@@ -61,6 +61,7 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.namespace_labels: dict[str, dict[str, str]] = {}
+        self.terminating_namespaces: set[str] = set()
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -78,7 +79,7 @@ class Runtime:
         self.metrics = Metrics(queue_depth=lambda: float(self.queue.due))
         self.kms = create_client(config.kms_emulator)
         self.limiter = SignLimiter(config.sign_qps, max_concurrency=config.max_concurrent_signs)
-        self.events = EventPoster(self.api)
+        self.events = EventPoster(self.api, home_namespace=config.operator_namespace)
         self.audit = AuditLog(config.audit_log)
         self.issuers = IssuerController(
             self.api,
@@ -102,10 +103,13 @@ class Runtime:
             TrustPublisher(self.api),
             schedule=lambda ident, delay: self.queue.add(("Certificate", *ident), delay),
             namespace_labels=self._labels_of,
+            namespace_terminating=self.terminating_namespaces.__contains__,
         )
         # Fill the Secret summaries before any Certificate is looked at, so a restart does
         # not mistake "not seen yet" for "missing" and re-issue.
-        self.certificates.load_secrets(await self.api.list_secrets(layout.SELECTOR))
+        scopes: list[str | None] = list(config.namespaces) or [None]
+        for namespace in scopes:
+            self.certificates.load_secrets(await self.api.list_secrets(layout.SELECTOR, namespace))
         if config.metrics_port:
             self.metrics.serve(config.metrics_port)
         self.queue.start()
@@ -171,7 +175,10 @@ class Runtime:
         labels: dict[str, Any] = dict(body["metadata"].get("labels") or {})
         if event_type == "DELETED":
             self.namespace_labels.pop(name, None)
+            self.terminating_namespaces.discard(name)
             return
+        if body["metadata"].get("deletionTimestamp"):
+            self.terminating_namespaces.add(name)
         if self.namespace_labels.get(name) != labels:
             self.namespace_labels[name] = labels
             self.certificates.on_namespace_change(name)

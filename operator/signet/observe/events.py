@@ -24,8 +24,16 @@ class EventSink(Protocol):
 
 
 class EventPoster:
-    def __init__(self, sink: EventSink, *, component: str = "signet", concurrency: int = 4) -> None:
+    def __init__(
+        self,
+        sink: EventSink,
+        *,
+        home_namespace: str = "default",
+        component: str = "signet",
+        concurrency: int = 4,
+    ) -> None:
         self._sink = sink
+        self._home_namespace = home_namespace
         self._component = component
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -33,7 +41,8 @@ class EventPoster:
     def post(self, obj: dict[str, Any], *, type: str, reason: str, message: str) -> None:
         """Queue an Event about ``obj`` (a Certificate or Issuer body or reference)."""
         metadata = obj.get("metadata") or {}
-        namespace = metadata.get("namespace") or "default"
+        # Events about cluster-scoped objects (ClusterIssuers) go to the operator's namespace.
+        namespace = metadata.get("namespace") or self._home_namespace
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
