@@ -111,6 +111,10 @@ def test_custom_object_round_trip_and_watch(crds: Kube, namespace: str) -> None:
             lambda c: c["spec"].update(secretName="Not_A_Name"),
             "spec.secretName in body should match",
         ),
+        (
+            lambda c: c["spec"].update(secretTemplate={"annotations": {"signet.dev/x": "y"}}),
+            "signet.dev/ annotations are reserved for Signet",
+        ),
     ],
     ids=[
         "neither-x509-nor-ssh",
@@ -121,6 +125,7 @@ def test_custom_object_round_trip_and_watch(crds: Kube, namespace: str) -> None:
         "rsa-1024",
         "is-ca",
         "bad-secret-name",
+        "reserved-annotation",
     ],
 )
 def test_schema_rejects_invalid_certificate_with_clear_message(

@@ -173,3 +173,25 @@ def test_issuer_spec_errors(spec: dict[str, Any], reason: str) -> None:
     with pytest.raises(SpecError) as error:
         parse_issuer_spec("Issuer", "ca", "shop", spec)
     assert error.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [
+        (
+            {"labels": {"app.kubernetes.io/managed-by": "me"}},
+            "'app.kubernetes.io/managed-by' is reserved",
+        ),
+        (
+            {"annotations": {"signet.dev/serial-number": "1"}},
+            "'signet.dev/serial-number' is reserved",
+        ),
+        ({"labels": {"team": 1}}, "expected a string"),
+    ],
+)
+def test_secret_template_cannot_fight_over_signet_keys(
+    template: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(SpecError) as error:
+        parse_certificate_spec(_cert(secretTemplate=template))
+    assert fragment in error.value.message

@@ -249,6 +249,23 @@ def _ssh(raw: Mapping[str, Any]) -> SSHSpec:
     )
 
 
+RESERVED_PREFIXES = ("signet.dev/", "app.kubernetes.io/managed-by")
+
+
+def _template(template: Mapping[str, Any], kind: str) -> dict[str, str]:
+    """secretTemplate labels/annotations, minus the keys Signet owns: a template fighting
+    over them would have the operator repair the Secret forever."""
+    values = dict(_mapping(template.get(kind), f"spec.secretTemplate.{kind}"))
+    for key, value in values.items():
+        if key.startswith(RESERVED_PREFIXES):
+            raise SpecError(
+                "InvalidSpec", f"spec.secretTemplate.{kind}: {key!r} is reserved for Signet"
+            )
+        if not isinstance(value, str):
+            raise SpecError("InvalidSpec", f"spec.secretTemplate.{kind}.{key}: expected a string")
+    return values
+
+
 def parse_certificate_spec(spec: Mapping[str, Any]) -> CertificateSpec:
     """Validate a Certificate's ``spec``; raise `SpecError` on the first problem."""
     issuer_raw = _mapping(spec.get("issuerRef"), "spec.issuerRef")
@@ -288,8 +305,6 @@ def parse_certificate_spec(spec: Mapping[str, Any]) -> CertificateSpec:
         private_key=private_key,
         x509=_x509(_mapping(spec["x509"], "spec.x509")) if has_x509 else None,
         ssh=_ssh(_mapping(spec["ssh"], "spec.ssh")) if has_ssh else None,
-        secret_labels=dict(_mapping(template.get("labels"), "secretTemplate.labels")),
-        secret_annotations=dict(
-            _mapping(template.get("annotations"), "secretTemplate.annotations")
-        ),
+        secret_labels=_template(template, "labels"),
+        secret_annotations=_template(template, "annotations"),
     )

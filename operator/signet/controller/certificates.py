@@ -327,7 +327,7 @@ class CertificateController:
         try:
             written = await self._write_secret(body, spec, material, issued, summary, revision)
         except ApiException as error:
-            if error.status == 409:
+            if error.status in (404, 409):  # someone else wrote or deleted it meanwhile
                 await self._refresh_secret(namespace, spec.secret_name)
                 self._schedule(ident, 0)
                 return

@@ -78,6 +78,25 @@ def _controller_uid(metadata: Mapping[str, Any]) -> str | None:
     return None
 
 
+_DESCRIPTIVE = frozenset(
+    {
+        layout.SERIAL,
+        layout.NOT_BEFORE,
+        layout.NOT_AFTER,
+        layout.COMMON_NAME,
+        layout.ALT_NAMES,
+        layout.IP_SANS,
+        layout.URI_SANS,
+        layout.EMAIL_SANS,
+        layout.SSH_PRINCIPALS,
+        layout.SSH_KEY_ID,
+        layout.ISSUER_GROUP,
+    }
+)
+"""Annotations written for people and tools; the certificate itself is the source of truth
+for them, so summaries (one per Secret, kept for the operator's life) leave them out."""
+
+
 def summarize(secret: Mapping[str, Any]) -> SecretSummary:
     """Summarise a Secret object as returned by the API (data base64-encoded)."""
     metadata = secret.get("metadata") or {}
@@ -87,7 +106,11 @@ def summarize(secret: Mapping[str, Any]) -> SecretSummary:
         resource_version=str(metadata.get("resourceVersion", "")),
         secret_type=secret.get("type") or "Opaque",
         labels=dict(metadata.get("labels") or {}),
-        annotations=dict(metadata.get("annotations") or {}),
+        annotations={
+            key: value
+            for key, value in (metadata.get("annotations") or {}).items()
+            if key not in _DESCRIPTIVE
+        },
         owner_uid=_controller_uid(metadata),
     )
     data = secret.get("data") or {}
