@@ -24,8 +24,8 @@ tools:
 
 ## lint: ruff, mypy (strict) and the import-layering contracts
 lint: venv tools
-	$(BIN)/ruff check operator tests hack bench
-	$(BIN)/ruff format --check operator tests hack bench
+	$(BIN)/ruff check operator tests hack bench examples
+	$(BIN)/ruff format --check operator tests hack bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	@test ! -x .tools/bin/helm || .tools/bin/helm lint --strict --quiet charts/signet

@@ -39,6 +39,24 @@ def _run(args: argparse.Namespace) -> int:
     return main.run(args)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from signet.tools import commands
+
+    return commands.status_command(args)
+
+
+def _renew(args: argparse.Namespace) -> int:
+    from signet.tools import commands
+
+    return commands.renew_command(args)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from signet.tools import commands
+
+    return commands.inspect_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(run)
     run.set_defaults(func=_run)
+
+    # The ops commands' flags live in a light module; their work is imported on use.
+    from signet.tools import args as tool_args
+
+    for name, help_text, add, func in (
+        ("status", "Certificates and issuers at a glance", tool_args.add_status_arguments, _status),
+        ("renew", "force re-issuance (like cmctl renew)", tool_args.add_renew_arguments, _renew),
+        (
+            "inspect",
+            "decode what Signet wrote to a Secret",
+            tool_args.add_inspect_arguments,
+            _inspect,
+        ),
+    ):
+        tool = commands.add_parser(name, help=help_text)
+        add(tool)
+        tool.set_defaults(func=func)
 
     commands.add_parser(
         "kms-emulator",

@@ -1,4 +1,8 @@
-"""Fixtures for operator tests: one operator process for the session, an issuer per test."""
+"""Operator fixtures shared by every test directory (a plugin loaded by the root conftest).
+
+One operator process per session: a fixture defined in several directories' conftests
+would start one per directory, and two operators would both sign every Certificate.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,6 @@ import pytest
 
 from tests.kube import Kube
 from tests.operator.harness import OperatorProcess, issuer_manifest, wait_issuer_ready
-
-pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""The ops commands run against the session operator (tests.operator_fixtures)."""
