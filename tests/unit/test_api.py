@@ -195,3 +195,31 @@ def test_secret_template_cannot_fight_over_signet_keys(
     with pytest.raises(SpecError) as error:
         parse_certificate_spec(_cert(secretTemplate=template))
     assert fragment in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [
+        ({"labels": {"bad key!": "x"}}, "'bad key!' is not a valid key"),
+        ({"labels": {"team": "not ok!"}}, "'not ok!' is not a valid label value"),
+        ({"annotations": {"a/b/c": "x"}}, "'a/b/c' is not a valid key"),
+        ({"labels": {"x" * 64: "y"}}, "is not a valid key"),
+    ],
+)
+def test_secret_template_keys_are_kubernetes_names(template: dict[str, Any], fragment: str) -> None:
+    """Checked before signing: a Secret the apiserver would refuse must not cost a signature."""
+    with pytest.raises(SpecError) as error:
+        parse_certificate_spec(_cert(secretTemplate=template))
+    assert fragment in error.value.message
+
+
+def test_secret_template_accepts_ordinary_metadata() -> None:
+    spec = parse_certificate_spec(
+        _cert(
+            secretTemplate={
+                "labels": {"app.kubernetes.io/part-of": "shop", "team": ""},
+                "annotations": {"x.io/y": "any text!"},
+            }
+        )
+    )
+    assert spec.secret_labels == {"app.kubernetes.io/part-of": "shop", "team": ""}

@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -250,19 +251,30 @@ def _ssh(raw: Mapping[str, Any]) -> SSHSpec:
 
 
 RESERVED_PREFIXES = ("signet.dev/", "app.kubernetes.io/managed-by")
+_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+QUALIFIED_NAME = re.compile(
+    rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_NAME}$"
+)
+LABEL_VALUE = re.compile(rf"^({_NAME})?$")
 
 
 def _template(template: Mapping[str, Any], kind: str) -> dict[str, str]:
     """secretTemplate labels/annotations, minus the keys Signet owns: a template fighting
     over them would have the operator repair the Secret forever."""
     values = dict(_mapping(template.get(kind), f"spec.secretTemplate.{kind}"))
+    where = f"spec.secretTemplate.{kind}"
     for key, value in values.items():
         if key.startswith(RESERVED_PREFIXES):
-            raise SpecError(
-                "InvalidSpec", f"spec.secretTemplate.{kind}: {key!r} is reserved for Signet"
-            )
+            raise SpecError("InvalidSpec", f"{where}: {key!r} is reserved for Signet")
+        prefix = key.rpartition("/")[0]
+        if not QUALIFIED_NAME.match(key) or len(prefix) > 253:
+            raise SpecError("InvalidSpec", f"{where}: {key[:80]!r} is not a valid key")
         if not isinstance(value, str):
-            raise SpecError("InvalidSpec", f"spec.secretTemplate.{kind}.{key}: expected a string")
+            raise SpecError("InvalidSpec", f"{where}.{key}: expected a string")
+        if kind == "labels" and not LABEL_VALUE.match(value):
+            raise SpecError(
+                "InvalidSpec", f"{where}.{key}: {value[:80]!r} is not a valid label value"
+            )
     return values
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -331,12 +332,14 @@ class CertificateController:
                 await self._refresh_secret(namespace, spec.secret_name)
                 self._schedule(ident, 0)
                 return
+            permanent = error.status in (400, 403, 422)
             await self._fail(
                 body,
                 spec,
                 "SecretWriteFailed",
-                f"writing Secret failed: HTTP {error.status} {error.reason}",
-                retry=True,
+                f"writing Secret {spec.secret_name!r} failed: HTTP {error.status}: "
+                f"{_api_message(error)}",
+                retry=not permanent,  # a rejected write fails again: no signature per retry
             )
             return
         summary = summarize(written)
@@ -677,3 +680,12 @@ def _renewal(body: Obj, spec: CertificateSpec, summary: SecretSummary) -> dateti
         summary.not_after,
         spec.renew_before_or_default(),
     )
+
+
+def _api_message(error: ApiException) -> str:
+    """The apiserver's own explanation (a Status message), never the request body."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or error.reason)[:512]

@@ -165,6 +165,21 @@ class KubeApi:
             {"metadata": {"labels": labels}, "data": data},
         )
 
+    # kopf peering ------------------------------------------------------------------------
+    async def get_peering(self, name: str, namespace: str | None) -> Obj | None:
+        if namespace:
+            return await self._get_or_none(
+                self.custom.get_namespaced_custom_object,
+                "kopf.dev",
+                "v1",
+                namespace,
+                "kopfpeerings",
+                name,
+            )
+        return await self._get_or_none(
+            self.custom.get_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings", name
+        )
+
     # Namespaces and Events ---------------------------------------------------------------
     async def get_namespace(self, name: str) -> Obj | None:
         return await self._get_or_none(self.core.read_namespace, name)

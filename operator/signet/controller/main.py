@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 from pathlib import Path
 
 from signet.controller.runtime import Config
@@ -85,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_signs=args.max_concurrent_signs,
         workers=args.max_concurrent_issuances,
         kms_deadline=args.kms_deadline,
+        peering=args.peering,
+        # kopf pauses every replica on a priority tie; a random one makes exactly one active.
+        peering_priority=secrets.randbelow(2**31) + 1 if args.peering else 0,
     )
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
@@ -99,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=config.peering_priority,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz"

@@ -18,6 +18,7 @@ from typing import Any
 from signet.controller.certificates import CertificateController
 from signet.controller.issuers import IssuerController
 from signet.controller.kubeapi import KubeApi, Obj
+from signet.controller.leadership import LeaderGate
 from signet.controller.trust import TrustPublisher
 from signet.kms.cloudkms import (
     RetryPolicy,
@@ -34,6 +35,7 @@ from signet.secrets import layout
 
 logger = logging.getLogger(__name__)
 
+STANDBY_RECHECK = 30.0
 Key = tuple[str, str, str]
 """(kind, namespace or "", name): Certificates, Issuers and ClusterIssuers share one queue."""
 
@@ -50,6 +52,8 @@ class Config:
     sign_qps: float | None = None
     max_concurrent_signs: int = 32
     kms_deadline: float = 10.0
+    peering: str | None = None
+    peering_priority: int = 0
     workers: int = 32
     api_threads: int = 16
     operator_namespace: str = field(
@@ -112,6 +116,13 @@ class Runtime:
             self.certificates.load_secrets(await self.api.list_secrets(layout.SELECTOR, namespace))
         if config.metrics_port:
             self.metrics.serve(config.metrics_port)
+        self.leadership = LeaderGate(
+            self.api,
+            config.peering,
+            config.namespaces[0] if config.namespaces else None,
+            config.peering_priority,
+        )
+        await self.leadership.start()
         self.queue.start()
         self.ready.set()
 
@@ -135,12 +146,16 @@ class Runtime:
                 self.metrics.kms_errors.labels(code).inc()
 
     async def stop(self) -> None:
+        await self.leadership.stop()
         await self.queue.stop()
         await self.events.drain()
         await close_client(self.kms)
         self.api.close()
 
     async def _process(self, key: Key) -> None:
+        if not self.leadership.leader:
+            self.queue.add(key, STANDBY_RECHECK)  # kopf re-lists everything on resuming anyway
+            return
         kind, namespace, name = key
         if kind == "Certificate":
             await self.certificates.reconcile((namespace, name))

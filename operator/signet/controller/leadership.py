@@ -1,0 +1,85 @@
+"""May this replica act? kopf peering decides; this makes Signet's own queue obey it.
+
+With ``--peering``, kopf pauses its watch streams while a live peer has a higher priority.
+Signet's work queue, however, also holds renewals and retries that kopf knows nothing
+about, so a replica that lost leadership would keep renewing from memory. Workers ask this
+gate first; it reads the same peering object kopf writes (``status: {peer: {priority,
+lifetime, lastseen}}``) and says yes only while our priority is the highest alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from typing import Any
+
+from kubernetes.client import ApiException
+
+from signet.controller.kubeapi import KubeApi
+
+logger = logging.getLogger(__name__)
+
+CHECK_INTERVAL = 2.0
+
+
+def is_leader(status: dict[str, Any], priority: int, now: datetime.datetime) -> bool:
+    """True when no live peer in a kopf peering status outranks ``priority``."""
+    for peer in status.values():
+        if not isinstance(peer, dict):
+            continue
+        try:
+            lastseen = datetime.datetime.fromisoformat(str(peer["lastseen"]))
+            deadline = lastseen + datetime.timedelta(seconds=int(peer.get("lifetime", 60)))
+            if deadline > now and int(peer.get("priority", 0)) > priority:
+                return False
+        except (KeyError, ValueError, TypeError):
+            continue
+    return True
+
+
+class LeaderGate:
+    def __init__(
+        self, api: KubeApi, peering: str | None, namespace: str | None, priority: int
+    ) -> None:
+        self._api = api
+        self._peering = peering
+        self._namespace = namespace
+        self._priority = priority
+        self.leader = peering is None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._peering is None:
+            return
+        await self._check()
+        self._task = asyncio.create_task(self._loop(), name="signet-leadership")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            await self._check()
+
+    async def _check(self) -> None:
+        try:
+            body = await self._api.get_peering(self._peering or "", self._namespace)
+        except ApiException as error:
+            logger.warning("cannot read peering object: HTTP %s; not acting", error.status)
+            self.leader = False
+            return
+        status = (body or {}).get("status") or {}
+        leader = is_leader(status, self._priority, datetime.datetime.now(datetime.UTC))
+        if leader != self.leader:
+            logger.warning(
+                "peering %s: this replica is now %s",
+                self._peering,
+                "active" if leader else "standby",
+            )
+        self.leader = leader

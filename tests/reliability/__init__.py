@@ -1,0 +1,1 @@
+"""Reliability suite: KMS, control-plane and operator faults, hostile input, secrets hygiene."""

@@ -1,0 +1,234 @@
+"""Batch helpers for the reliability suite: create many Certificates, watch them converge,
+snapshot Secrets, check keys against certificates, read operator memory and metrics."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from signet.secrets import layout
+from tests.kube import Kube
+from tests.operator.harness import GROUP, VERSION, OperatorProcess, condition
+
+Obj = dict[str, Any]
+RENEW_ANNOTATION = "signet.dev/renew-requested-at"
+KMS_DEADLINE_S = 3.0
+"""The harness runs the operator with ``--kms-deadline=3``."""
+RETRY_CAP_S = 300.0
+
+
+def certificate_body(name: str, namespace: str, issuer: str, **spec: Any) -> Obj:
+    body: Obj = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Certificate",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"issuerRef": {"name": issuer}, "secretName": f"{name}-identity", **spec},
+    }
+    if "x509" not in spec and "ssh" not in spec:
+        body["spec"]["x509"] = {"dnsNames": [f"{name}.{namespace}.svc"]}
+    return body
+
+
+def create_certificates(
+    kube: Kube, namespace: str, issuer: str, names: Iterable[str], **spec: Any
+) -> None:
+    """Create Certificates through the API (not kubectl: a batch of 200 takes seconds)."""
+
+    def create(name: str) -> None:
+        kube.custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "certificates",
+            certificate_body(name, namespace, issuer, **spec),
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(create, names))
+
+
+def list_certificates(kube: Kube, namespace: str) -> dict[str, Obj]:
+    result = kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "certificates")
+    return {item["metadata"]["name"]: item for item in result["items"]}
+
+
+def is_current(obj: Obj, status: str, reason: str | None = None) -> bool:
+    ready = condition(obj, "Ready")
+    return (
+        ready.get("status") == status
+        and (reason is None or ready.get("reason") == reason)
+        and ready.get("observedGeneration") == obj["metadata"].get("generation")
+    )
+
+
+def poll(check: Callable[[], Any], *, timeout: float, interval: float = 0.25, what: str) -> Any:
+    """Like ``tests.kube.eventually`` but survives connection errors (the apiserver may be
+    restarting or frozen while we poll)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as error:
+            last = error
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {last!r}")
+        time.sleep(interval)
+
+
+def wait_all(
+    kube: Kube,
+    namespace: str,
+    names: Iterable[str],
+    *,
+    status: str = "True",
+    reason: str | None = None,
+    timeout: float = 60,
+    where: Callable[[Obj], bool] = lambda _: True,
+) -> dict[str, Obj]:
+    """Wait until every named Certificate has Ready=``status`` (``reason``) for its current
+    generation; on timeout, name the stragglers and their conditions."""
+    wanted = set(names)
+    stragglers: dict[str, Any] = {}
+
+    def check() -> dict[str, Obj] | None:
+        certs = list_certificates(kube, namespace)
+        stragglers.clear()
+        for name in wanted:
+            obj = certs.get(name)
+            if obj is None or not (is_current(obj, status, reason) and where(obj)):
+                stragglers[name] = condition(obj, "Ready") if obj else "missing"
+        return None if stragglers else {n: certs[n] for n in wanted}
+
+    try:
+        result: dict[str, Obj] = poll(
+            check, timeout=timeout, what=f"{len(wanted)} Certificates Ready={status}"
+        )
+    except AssertionError as error:
+        sample = dict(list(stragglers.items())[:3])
+        raise AssertionError(f"{error}; {len(stragglers)} not there, e.g. {sample}") from None
+    return result
+
+
+@dataclass(frozen=True)
+class SecretState:
+    resource_version: str
+    serial: str
+    data: dict[str, bytes]
+
+
+def secret_snapshot(kube: Kube, namespace: str) -> dict[str, SecretState]:
+    """Every Signet-managed Secret of the namespace: resourceVersion, serial, data."""
+    items = kube.core.list_namespaced_secret(namespace, label_selector=layout.SELECTOR).items
+    return {
+        s.metadata.name: SecretState(
+            s.metadata.resource_version,
+            (s.metadata.annotations or {}).get(layout.SERIAL, ""),
+            {k: base64.b64decode(v) for k, v in (s.data or {}).items()},
+        )
+        for s in items
+    }
+
+
+def request_renewal(kube: Kube, namespace: str, name: str) -> None:
+    """What ``signet renew`` does: a timestamp later than the Secret's issued-at."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    kube.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "certificates",
+        name,
+        {"metadata": {"annotations": {RENEW_ANNOTATION: stamp}}},
+    )
+
+
+def _raw_public(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def key_matches_certificate(data: dict[str, bytes]) -> bool:
+    """The Secret's private key is the one its certificate certifies (X.509 or OpenSSH)."""
+    if layout.TLS_KEY in data:
+        key = serialization.load_pem_private_key(data[layout.TLS_KEY], password=None)
+        leaf = x509.load_pem_x509_certificates(data[layout.TLS_CERT])[0]
+        return _raw_public(key.public_key()) == _raw_public(leaf.public_key())
+    key = serialization.load_ssh_private_key(data[layout.SSH_PRIVATE_KEY], password=None)
+    certificate = serialization.load_ssh_public_identity(data[layout.SSH_CERTIFICATE])
+    assert isinstance(certificate, serialization.SSHCertificate)
+    return _raw_public(key.public_key()) == _raw_public(certificate.public_key())
+
+
+def assert_secrets_consistent(
+    kube: Kube, namespace: str, certificates: dict[str, Obj]
+) -> dict[str, SecretState]:
+    """Each Certificate's Secret exists, holds the serial its status names, and its private
+    key matches its certificate."""
+    secrets = secret_snapshot(kube, namespace)
+    for name, obj in certificates.items():
+        secret = secrets.get(obj["spec"]["secretName"])
+        assert secret is not None, f"{name}: no Secret"
+        assert secret.serial == obj["status"]["serialNumber"], f"{name}: serial mismatch"
+        assert key_matches_certificate(secret.data), f"{name}: key does not match certificate"
+    return secrets
+
+
+def audit_counts(operators: Iterable[OperatorProcess], namespace: str) -> Counter[str]:
+    """Audit records (one per successful signature written to a Secret) per Certificate."""
+    counts: Counter[str] = Counter()
+    for operator in operators:
+        for record in operator.audit_records():
+            if record["certificate"]["namespace"] == namespace:
+                counts[record["certificate"]["name"]] += 1
+    return counts
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status").read().splitlines():  # noqa: SIM115
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample ``name`` in a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"metric {name} not exposed")
+
+
+def parse_time(value: str) -> datetime.datetime:
+    return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+def retry_gap(obj: Obj) -> float:
+    """nextRetryTime - lastFailureTime: the backoff the operator chose after the last failure."""
+    status = obj.get("status") or {}
+    return (
+        parse_time(status["nextRetryTime"]) - parse_time(status["lastFailureTime"])
+    ).total_seconds()
+
+
+def delete_namespace(kube: Kube, name: str) -> None:
+    try:
+        kube.core.delete_namespace(name)
+    except kubernetes.client.ApiException as error:
+        if error.status != 404:
+            raise

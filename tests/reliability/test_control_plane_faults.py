@@ -1,0 +1,244 @@
+"""The control plane failing under the operator: apiserver restarts, etcd and apiserver
+frozen, watch connections cut. Signet must converge without spending a second signature on
+a need it already served (only signatures in flight when the fault hit may be repeated)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from signet.devcluster import LocalControlPlane
+from signet.kms.emulator import Counters
+from tests.kube import Kube
+from tests.operator.harness import OperatorProcess, issuer_manifest, wait_issuer_ready
+from tests.reliability.conftest import Recorder
+from tests.reliability.helpers import (
+    assert_secrets_consistent,
+    audit_counts,
+    create_certificates,
+    list_certificates,
+    poll,
+    wait_all,
+)
+
+pytestmark = pytest.mark.cluster
+
+KeyFactory = Callable[..., str]
+SLOW_KEY = {"algorithm": "RSA", "size": 3072}
+"""Leaf keys that take real CPU, so a batch is still running when the fault hits."""
+MAX_IN_FLIGHT = 32
+"""The operator's default --max-concurrent-issuances: a hard bound on repeated signatures."""
+
+
+def _plane(kube: Kube) -> LocalControlPlane:
+    if kube.plane is None:
+        pytest.skip("needs the local control plane (SIGNET_TEST_KUBECONFIG is set)")
+    return kube.plane
+
+
+def _pid(plane: LocalControlPlane, name: str) -> int:
+    child = next(c for c in plane._children if c.name == name)
+    return int(child.process.pid)
+
+
+@contextmanager
+def _frozen(pid: int, seconds: float) -> Iterator[None]:
+    """SIGSTOP ``pid`` for ``seconds``; SIGCONT even if the body fails."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _issuer(kube: Kube, namespace: str, key_factory: KeyFactory) -> str:
+    key_version = key_factory("EC_SIGN_P256_SHA256", fresh=True)
+    kube.apply(issuer_manifest("ca", key_version, namespace=namespace))
+    wait_issuer_ready(kube, namespace, "ca")
+    return key_version
+
+
+def _ready_count(kube: Kube, namespace: str) -> int:
+    return sum(
+        1
+        for c in list_certificates(kube, namespace).values()
+        if (c.get("status") or {}).get("serialNumber")
+    )
+
+
+def _check_once_each(
+    kube: Kube,
+    namespace: str,
+    names: list[str],
+    operator: OperatorProcess,
+    signs: int,
+    pending_at_fault: int,
+) -> int:
+    """Every Certificate Ready with revision 1 and one audit record; returns the repeated
+    signatures, which may only be those in flight when the fault hit (at most one per
+    Certificate not yet issued then)."""
+    done = wait_all(kube, namespace, names, timeout=5)
+    assert_secrets_consistent(kube, namespace, done)
+    assert {n: done[n]["status"]["revision"] for n in names} == dict.fromkeys(names, 1)
+    audits = audit_counts([operator], namespace)
+    assert {n: audits[n] for n in names} == dict.fromkeys(names, 1)
+    repeated = signs - len(names)
+    bound = min(pending_at_fault, MAX_IN_FLIGHT)
+    assert 0 <= repeated <= bound, (
+        f"{signs} signatures for {len(names)} Certificates, {pending_at_fault} pending at the fault"
+    )
+    return repeated
+
+
+def test_apiserver_restart_mid_batch(
+    crds: Kube,
+    namespace: str,
+    signet_operator: OperatorProcess,
+    kms_key_factory: KeyFactory,
+    kms_counters: Counters,
+    record: Recorder,
+) -> None:
+    plane = _plane(crds)
+    key_version = _issuer(crds, namespace, kms_key_factory)
+    base = kms_counters.count("AsymmetricSign", key_version, "OK")
+    names = [f"a{i:02d}" for i in range(40)]
+    create_certificates(crds, namespace, "ca", names)
+    poll(lambda: _ready_count(crds, namespace) >= 5, timeout=60, what="first issuances")
+    pending = len(names) - _ready_count(crds, namespace)
+    start = time.monotonic()
+    plane.restart_apiserver()
+    back = time.monotonic() - start
+    wait_all(crds, namespace, names, timeout=120)
+    recovery = time.monotonic() - start
+    assert signet_operator.process is not None and signet_operator.process.poll() is None
+    signs = kms_counters.count("AsymmetricSign", key_version, "OK") - base
+    repeated = _check_once_each(crds, namespace, names, signet_operator, signs, pending)
+    record(
+        "kube-apiserver restarted mid-batch (40 Certificates)",
+        f"apiserver back after {back:.1f}s; converged; {repeated} repeated signature(s)",
+        recovery,
+        signatures=signs,
+    )
+
+
+def test_etcd_paused_mid_batch(
+    crds: Kube,
+    namespace: str,
+    signet_operator: OperatorProcess,
+    kms_key_factory: KeyFactory,
+    kms_counters: Counters,
+    record: Recorder,
+) -> None:
+    plane = _plane(crds)
+    key_version = _issuer(crds, namespace, kms_key_factory)
+    base = kms_counters.count("AsymmetricSign", key_version, "OK")
+    names = [f"e{i:02d}" for i in range(30)]
+    create_certificates(crds, namespace, "ca", names, privateKey=SLOW_KEY)
+    poll(lambda: _ready_count(crds, namespace) >= 3, timeout=60, what="first issuances")
+    pending = len(names) - _ready_count(crds, namespace)
+    start = time.monotonic()
+    with _frozen(_pid(plane, "etcd"), 6):
+        pass
+    pending_after = len(names) - _ready_count(crds, namespace)
+    wait_all(crds, namespace, names, timeout=120)
+    recovery = time.monotonic() - start
+    assert pending_after > 0, "the batch finished before the fault: nothing was tested"
+    signs = kms_counters.count("AsymmetricSign", key_version, "OK") - base
+    repeated = _check_once_each(crds, namespace, names, signet_operator, signs, pending)
+    record(
+        "etcd SIGSTOP 6s mid-batch (30 Certificates)",
+        f"{pending} pending at SIGSTOP, {pending_after} after SIGCONT; converged; "
+        f"{repeated} repeated signature(s)",
+        recovery,
+        signatures=signs,
+    )
+
+
+def test_apiserver_frozen_mid_batch(
+    crds: Kube,
+    namespace: str,
+    signet_operator: OperatorProcess,
+    kms_key_factory: KeyFactory,
+    kms_counters: Counters,
+    record: Recorder,
+) -> None:
+    plane = _plane(crds)
+    key_version = _issuer(crds, namespace, kms_key_factory)
+    base = kms_counters.count("AsymmetricSign", key_version, "OK")
+    names = [f"f{i:02d}" for i in range(30)]
+    create_certificates(crds, namespace, "ca", names, privateKey=SLOW_KEY)
+    poll(lambda: _ready_count(crds, namespace) >= 3, timeout=60, what="first issuances")
+    pending = len(names) - _ready_count(crds, namespace)
+    start = time.monotonic()
+    with _frozen(_pid(plane, "kube-apiserver"), 5):
+        pass
+    pending_after = len(names) - _ready_count(crds, namespace)
+    wait_all(crds, namespace, names, timeout=120)
+    recovery = time.monotonic() - start
+    assert pending_after > 0, "the batch finished before the fault: nothing was tested"
+    signs = kms_counters.count("AsymmetricSign", key_version, "OK") - base
+    repeated = _check_once_each(crds, namespace, names, signet_operator, signs, pending)
+    record(
+        "kube-apiserver SIGSTOP 5s mid-batch (30 Certificates)",
+        f"{pending} pending at SIGSTOP, {pending_after} after SIGCONT; converged; "
+        f"{repeated} repeated signature(s)",
+        recovery,
+        signatures=signs,
+    )
+
+
+def test_watches_resume_after_connections_cut(
+    crds: Kube,
+    namespace: str,
+    signet_operator: OperatorProcess,
+    kms_key_factory: KeyFactory,
+    record: Recorder,
+) -> None:
+    """An idle operator whose watches were all cut by an apiserver restart notices new
+    Certificates, spec changes and deleted Secrets afterwards, without a resync period."""
+    plane = _plane(crds)
+    _issuer(crds, namespace, kms_key_factory)
+    create_certificates(crds, namespace, "ca", ["before"])
+    before = wait_all(crds, namespace, ["before"])["before"]
+    plane.restart_apiserver()
+    start = time.monotonic()
+    names = [f"w{i}" for i in range(10)]
+    create_certificates(crds, namespace, "ca", names)
+    crds.custom.patch_namespaced_custom_object(
+        "signet.dev",
+        "v1alpha1",
+        namespace,
+        "certificates",
+        "before",
+        {"spec": {"x509": {"dnsNames": [f"changed.{namespace}.svc"]}}},
+    )
+    done = wait_all(
+        crds,
+        namespace,
+        [*names, "before"],
+        timeout=60,
+        where=lambda c: (
+            c["metadata"]["name"] != "before"
+            or c["status"]["serialNumber"] != before["status"]["serialNumber"]
+        ),
+    )
+    recovery = time.monotonic() - start
+    crds.core.delete_namespaced_secret("w0-identity", namespace)
+    poll(
+        lambda: crds.core.read_namespaced_secret("w0-identity", namespace),
+        timeout=30,
+        what="deleted Secret re-created through the resumed Secret watch",
+    )
+    assert_secrets_consistent(crds, namespace, wait_all(crds, namespace, [*names, "before"]))
+    assert done["before"]["status"]["revision"] == 2
+    record(
+        "all watch connections cut (apiserver restart while idle)",
+        "new Certificates, a spec change and a deleted Secret all handled after the cut",
+        recovery,
+    )

@@ -1,0 +1,178 @@
+"""The operator itself failing: SIGKILL mid-batch, and two replicas at once with peering.
+
+Both leave the session operator running when they end (stopped, it would starve every
+later test)."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+from signet.kms.emulator import Counters, EmulatorServer
+from tests.kube import Kube
+from tests.operator.harness import OperatorProcess, issuer_manifest, wait_issuer_ready
+from tests.reliability.conftest import Recorder
+from tests.reliability.helpers import (
+    assert_secrets_consistent,
+    audit_counts,
+    create_certificates,
+    list_certificates,
+    poll,
+    wait_all,
+)
+
+pytestmark = pytest.mark.cluster
+
+KeyFactory = Callable[..., str]
+MAX_IN_FLIGHT = 32
+
+
+def _issuer(kube: Kube, namespace: str, key_factory: KeyFactory, timeout: float = 30) -> str:
+    key_version = key_factory("EC_SIGN_P256_SHA256", fresh=True)
+    kube.apply(issuer_manifest("ca", key_version, namespace=namespace))
+    wait_issuer_ready(kube, namespace, "ca", timeout=timeout)
+    return key_version
+
+
+def _issued(kube: Kube, namespace: str) -> int:
+    return sum(
+        1
+        for c in list_certificates(kube, namespace).values()
+        if (c.get("status") or {}).get("serialNumber")
+    )
+
+
+def test_sigkill_mid_batch_then_restart(
+    crds: Kube,
+    namespace: str,
+    signet_operator: OperatorProcess,
+    kms_key_factory: KeyFactory,
+    kms_counters: Counters,
+    record: Recorder,
+) -> None:
+    key_version = _issuer(crds, namespace, kms_key_factory)
+    base = kms_counters.count("AsymmetricSign", key_version, "OK")
+    names = [f"k{i:02d}" for i in range(40)]
+    create_certificates(crds, namespace, "ca", names, privateKey={"algorithm": "RSA", "size": 2048})
+    poll(lambda: _issued(crds, namespace) >= 5, timeout=60, what="first issuances")
+    try:
+        signet_operator.stop(signal.SIGKILL)
+        issued_at_kill = _issued(crds, namespace)
+    finally:
+        start = time.monotonic()
+        signet_operator.start()
+    done = wait_all(crds, namespace, names, timeout=120)
+    recovery = time.monotonic() - start
+    assert_secrets_consistent(crds, namespace, done)
+    assert {n: done[n]["status"]["revision"] for n in names} == dict.fromkeys(names, 1)
+    audits = audit_counts([signet_operator], namespace)
+    assert all(audits[n] <= 1 for n in names), audits  # a kill may lose one, never add one
+    signs = kms_counters.count("AsymmetricSign", key_version, "OK") - base
+    assert len(names) <= signs <= len(names) + MAX_IN_FLIGHT
+    record(
+        "operator SIGKILL mid-batch (40 RSA Certificates), restarted",
+        f"{issued_at_kill} issued before the kill; rest issued after restart; "
+        f"{signs - len(names)} repeated signature(s); no Certificate re-issued",
+        recovery,
+        signatures=signs,
+    )
+
+
+def _peering(kube: Kube, name: str, *, delete: bool = False) -> None:
+    if delete:
+        try:
+            kube.custom.delete_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name)
+        except kubernetes.client.ApiException as error:
+            if error.status != 404:
+                raise
+        return
+    kube.custom.create_cluster_custom_object(
+        "kopf.dev",
+        "v1",
+        "clusterkopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}},
+    )
+
+
+def _peers(kube: Kube, name: str) -> dict[str, Any]:
+    obj = kube.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name)
+    return dict(obj.get("status") or {})
+
+
+def test_two_peered_operators_only_one_acts(
+    crds: Kube,
+    namespace: str,
+    signet_operator: OperatorProcess,
+    kms_emulator: EmulatorServer,
+    kms_key_factory: KeyFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    record: Recorder,
+) -> None:
+    """Two replicas with ``--peering NAME`` (the ClusterKopfPeering created as kopf's docs
+    and the chart's NOTES describe): one issues, the other stands by; when the active one
+    shuts down, the standby takes over."""
+    crds.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev")
+    peering = f"signet-rel-{uuid.uuid4().hex[:6]}"
+    replicas = [
+        OperatorProcess(
+            crds.kubeconfig,
+            kms_emulator.address,
+            Path(tmp_path_factory.mktemp(f"replica-{index}")),
+            extra_args=[f"--peering={peering}"],
+        )
+        for index in range(2)
+    ]
+    signet_operator.stop()
+    try:
+        _peering(crds, peering)
+        for replica in replicas:
+            replica.start()
+        poll(lambda: len(_peers(crds, peering)) == 2, timeout=30, what="both replicas peered")
+        start = time.monotonic()
+        try:
+            _issuer(crds, namespace, kms_key_factory, timeout=30)
+        except AssertionError as error:
+            paused = [
+                line[:200]
+                for replica in replicas
+                for line in replica.log.read_text().splitlines()
+                if "Pausing" in line
+            ]
+            raise AssertionError(
+                f"no replica acted within 30s ({error}); kopf pause lines: {paused}"
+            ) from None
+        names = [f"p{i:02d}" for i in range(20)]
+        create_certificates(crds, namespace, "ca", names)
+        done = wait_all(crds, namespace, names, timeout=60)
+        converged = time.monotonic() - start
+        assert_secrets_consistent(crds, namespace, done)
+        per_replica = [sum(audit_counts([r], namespace).values()) for r in replicas]
+        assert sorted(per_replica) == [0, len(names)], f"audit records per replica {per_replica}"
+        active = replicas[per_replica.index(len(names))]
+        standby = replicas[1 - replicas.index(active)]
+
+        active.stop(signal.SIGTERM)  # graceful: it leaves the peering at once
+        takeover_start = time.monotonic()
+        create_certificates(crds, namespace, "ca", ["after-failover"])
+        wait_all(crds, namespace, ["after-failover"], timeout=60)
+        takeover = time.monotonic() - takeover_start
+        assert audit_counts([standby], namespace)["after-failover"] == 1
+        assert audit_counts([active], namespace)["after-failover"] == 0
+    finally:
+        for replica in replicas:
+            replica.stop()
+        _peering(crds, peering, delete=True)
+        signet_operator.start()
+    record(
+        "two operator replicas with --peering",
+        f"one replica issued all {len(names)}, the other none; standby took over after SIGTERM",
+        takeover,
+        first_batch_s=round(converged, 1),
+    )
