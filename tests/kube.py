@@ -79,9 +79,15 @@ class Kube:
 
 
 def eventually(
-    check: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1, what: str = ""
+    check: Callable[[], Any],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "",
+    errors: tuple[type[BaseException], ...] = (AssertionError, kubernetes.client.ApiException),
 ) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the last value or error."""
+    """Poll ``check`` until it returns something truthy; fail with the last value or error.
+    ``errors`` are the exceptions that count as "not yet" rather than failures."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -89,7 +95,7 @@ def eventually(
             last = check()
             if last:
                 return last
-        except (AssertionError, kubernetes.client.ApiException) as error:
+        except errors as error:
             last = error
         if time.monotonic() > deadline:
             raise AssertionError(

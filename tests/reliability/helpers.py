@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,26 +16,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from signet.secrets import layout
-from tests.kube import Kube
-from tests.operator.harness import GROUP, VERSION, OperatorProcess, condition
+from tests.kube import Kube, eventually
+from tests.operator.harness import (
+    GROUP,
+    VERSION,
+    OperatorProcess,
+    certificate_manifest,
+    condition,
+)
 
 Obj = dict[str, Any]
 RENEW_ANNOTATION = "signet.dev/renew-requested-at"
 KMS_DEADLINE_S = 3.0
 """The harness runs the operator with ``--kms-deadline=3``."""
 RETRY_CAP_S = 300.0
-
-
-def certificate_body(name: str, namespace: str, issuer: str, **spec: Any) -> Obj:
-    body: Obj = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Certificate",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"issuerRef": {"name": issuer}, "secretName": f"{name}-identity", **spec},
-    }
-    if "x509" not in spec and "ssh" not in spec:
-        body["spec"]["x509"] = {"dnsNames": [f"{name}.{namespace}.svc"]}
-    return body
 
 
 def create_certificates(
@@ -50,7 +43,7 @@ def create_certificates(
             VERSION,
             namespace,
             "certificates",
-            certificate_body(name, namespace, issuer, **spec),
+            certificate_manifest(name, namespace, issuer, **spec),
         )
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -72,20 +65,9 @@ def is_current(obj: Obj, status: str, reason: str | None = None) -> bool:
 
 
 def poll(check: Callable[[], Any], *, timeout: float, interval: float = 0.25, what: str) -> Any:
-    """Like ``tests.kube.eventually`` but survives connection errors (the apiserver may be
-    restarting or frozen while we poll)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as error:
-            last = error
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {last!r}")
-        time.sleep(interval)
+    """``eventually`` that survives connection errors (the apiserver may be restarting or
+    frozen while we poll)."""
+    return eventually(check, timeout=timeout, interval=interval, what=what, errors=(Exception,))
 
 
 def wait_all(

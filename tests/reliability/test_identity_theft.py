@@ -15,13 +15,14 @@ from signet.kms.emulator import Counters
 from tests.kube import Kube
 from tests.operator.harness import (
     OperatorProcess,
+    certificate_manifest,
     condition,
     issuer_manifest,
     wait_condition,
     wait_issuer_ready,
 )
 from tests.reliability.conftest import Recorder
-from tests.reliability.helpers import audit_counts, certificate_body, delete_namespace
+from tests.reliability.helpers import audit_counts, delete_namespace
 
 pytestmark = pytest.mark.cluster
 
@@ -146,7 +147,7 @@ def test_identity_theft_denied(
     # the reserved ClusterIssuer does serve its own namespace: the denial below is the
     # selector at work, not a broken issuer
     crds.apply(
-        certificate_body(
+        certificate_manifest(
             "legit",
             victim,
             reserved_clusterissuer,
@@ -158,7 +159,7 @@ def test_identity_theft_denied(
 
     attempts = _attempts(victim, attacker, reserved_clusterissuer)
     for name, fields, _, _ in attempts:
-        body = certificate_body(name, attacker, "ca")
+        body = certificate_manifest(name, attacker, "ca")
         body["spec"].pop("x509")
         body["spec"].update(fields)
         crds.apply(body)

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from tests.kube import Kube
-from tests.operator.harness import OperatorProcess, wait_condition
+from tests.operator.harness import OperatorProcess, certificate_manifest, wait_condition
 from tests.reliability.conftest import Recorder
-from tests.reliability.helpers import certificate_body, poll, secret_snapshot
+from tests.reliability.helpers import poll, secret_snapshot
 
 pytestmark = pytest.mark.cluster
 
@@ -98,7 +98,7 @@ def test_no_private_key_material_outside_secrets(
         "ssh": {"ssh": {"type": "user", "principals": [f"{namespace}-ops"]}},
     }
     for name, fields in requests.items():
-        crds.apply(certificate_body(name, namespace, "ca", **fields))
+        crds.apply(certificate_manifest(name, namespace, "ca", **fields))
     for name in requests:
         wait_condition(crds, namespace, name, timeout=60)
     # a managed Secret whose key was corrupted, keeping a PEM-looking prefix: repaired by
@@ -122,7 +122,7 @@ def test_no_private_key_material_outside_secrets(
             "data": {"tls.key": base64.b64encode(foreign_key).decode()},
         },
     )
-    crds.apply(certificate_body("claims-foreign", namespace, "ca", secretName="foreign"))
+    crds.apply(certificate_manifest("claims-foreign", namespace, "ca", secretName="foreign"))
     wait_condition(crds, namespace, "claims-foreign", status="False", reason="SecretNotManaged")
 
     fragments: set[str] = set()

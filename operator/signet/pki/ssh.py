@@ -17,7 +17,7 @@ import datetime
 import ipaddress
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
@@ -32,6 +32,7 @@ from signet.kms.algorithms import Algorithm, KeyType, Padding, get_algorithm
 from signet.pki.keys import validate_public_key
 from signet.pki.kmskey import KmsPrivateKey, KmsRsaPrivateKey
 from signet.pki.ssh_rsa import CertificateFields, sign_with_rsa_ca
+from signet.pki.x509 import freeze_lists
 
 __all__ = [
     "BACKDATE",
@@ -92,10 +93,7 @@ class SshCertRequest:
     extensions: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
+        freeze_lists(self)
         self._validate()
 
     def _validate(self) -> None:

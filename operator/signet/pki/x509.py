@@ -90,6 +90,15 @@ _MAX_COMMON_NAME = 64  # ub-common-name, RFC 5280 appendix A
 _MAX_ATTRIBUTE = 128
 
 
+def freeze_lists(request: object) -> None:
+    """Store list arguments of a frozen request dataclass as tuples, so callers may pass
+    lists while the request stays hashable and immutable."""
+    for f in fields(request):  # type: ignore[arg-type]
+        value = getattr(request, f.name)
+        if isinstance(value, list):
+            object.__setattr__(request, f.name, tuple(value))
+
+
 @dataclass(frozen=True)
 class LeafRequest:
     """What a workload certificate should say; validated on construction.
@@ -114,10 +123,7 @@ class LeafRequest:
     duration: datetime.timedelta = field(default=datetime.timedelta(days=90))
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
+        freeze_lists(self)
         self._validate()
 
     def _validate(self) -> None:
