@@ -79,6 +79,26 @@ class Links(Generic[T]):
         return list(self._users.get(target, ()))
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    spec: CertificateSpec
+    issuer: IssuerId
+    issuer_state: Any
+    material: issuance.IssuerMaterial | None
+    summary: SecretSummary | None
+    decision: Decision
+
+
+def _signed_by(summary: SecretSummary | None, material: issuance.IssuerMaterial) -> bool:
+    """Whether an intact Secret was issued with ``material``'s key and CA."""
+    if summary is None or summary.problem is not None:
+        return False
+    ssh = summary.secret_type == layout.SSH_TYPE
+    return summary.annotations.get(layout.KEY_VERSION) == material.kms_key.key_version and (
+        summary.ca_key_id == material.ca_key_id(ssh)
+    )
+
+
 @dataclass
 class Failure:
     attempts: int
@@ -127,16 +147,75 @@ class CertificateController:
         self._failures: dict[CertId, Failure] = {}
 
     # -- watch input ----------------------------------------------------------------------
-    def observe_certificate(self, body: Obj, deleted: bool) -> CertId:
+    def observe_certificate(self, body: Obj, deleted: bool, *, busy: bool = False) -> CertId | None:
+        """Take a watch event; return the Certificate if a reconcile pass is needed.
+
+        A Certificate that is up to date with a current status (every one, after a restart)
+        is settled right here, from the caches, and only its renewal time is remembered:
+        holding 10,000 bodies until a worker gets to them would cost more memory than the
+        whole steady state.
+        """
         metadata = body["metadata"]
         ident = (metadata["namespace"], metadata["name"])
         if deleted:
             self.pending.pop(ident, None)
             self._forget(ident)
-        else:
-            self.pending[ident] = body
-            self._index(ident, body.get("spec") or {})
+            return None
+        self._index(ident, body.get("spec") or {})
+        if not busy and self._settled(ident, body):
+            self.pending.pop(ident, None)
+            return None
+        self.pending[ident] = body
         return ident
+
+    def _settled(self, ident: CertId, body: Obj) -> bool:
+        evaluation = self._evaluate(body)
+        if evaluation is None or evaluation.decision.action is not Action.NOTHING:
+            return False
+        summary, decision = evaluation.summary, evaluation.decision
+        assert summary is not None and evaluation.spec is not None
+        desired = self._ready_status(body, evaluation.spec, summary, decision.wake_at)
+        if st.status_patch(body.get("status"), desired) is not None:
+            return False
+        if evaluation.material is not None and not self._trust.published(
+            evaluation.issuer, evaluation.material, ident[0]
+        ):
+            return False
+        if decision.wake_at is not None:
+            self._schedule(ident, (decision.wake_at - _now()).total_seconds())
+        return True
+
+    def _evaluate(self, body: Obj) -> Evaluation | None:
+        """Everything a pass decides from memory, without I/O; None for a spec that does
+        not parse (the pass reports it)."""
+        metadata = body["metadata"]
+        namespace = metadata["namespace"]
+        try:
+            spec = parse_certificate_spec(body.get("spec") or {})
+        except SpecError:
+            return None
+        issuer_ident: IssuerId = (
+            ("ClusterIssuer", "", spec.issuer_ref.name)
+            if spec.issuer_ref.cluster_scoped
+            else ("Issuer", namespace, spec.issuer_ref.name)
+        )
+        issuer_state = self._issuers.states.get(issuer_ident)
+        material = issuer_state.material if issuer_state and issuer_state.ready else None
+        issuer_key = (
+            IssuerKey(material.kms_key.key_version, material.ca_key_id(spec.ssh is not None))
+            if material
+            else None
+        )
+        summary = self.secrets.get((namespace, spec.secret_name))
+        view = CertificateView(
+            namespace,
+            metadata["name"],
+            metadata["uid"],
+            spec,
+            renew_requested_at=(metadata.get("annotations") or {}).get(RENEW_ANNOTATION),
+        )
+        decision = decide(view, summary, issuer_key, _now())
+        return Evaluation(spec, issuer_ident, issuer_state, material, summary, decision)
 
     def observe_secret(self, body: Obj, deleted: bool) -> None:
         metadata = body["metadata"]
@@ -159,12 +238,35 @@ class CertificateController:
         for item in items:
             self.observe_secret(item, deleted=False)
 
-    def on_issuer_change(self, issuer: IssuerId) -> None:
+    def on_issuer_change(self, issuer: IssuerId) -> set[str]:
         """An issuer became ready, changed or went away: look again now, without waiting
-        out a backoff that was about the issuer, not the Certificate."""
+        out a backoff that was about the issuer, not the Certificate.
+
+        Certificates whose Secret already carries the issuer's current key need no pass
+        (after a restart that is all of them, and a pass without a watched body costs a
+        GET). Returns the namespaces whose trust bundle may need publishing.
+        """
+        state = self._issuers.states.get(issuer)
+        material = state.material if state and state.ready else None
+        namespaces: set[str] = set()
         for cert in self._issuer_links.users(issuer):
+            namespaces.add(cert[0])
+            secret = self._secret_links.targets.get(cert)
+            summary = self.secrets.get(secret) if secret else None
+            if (
+                material is not None
+                and cert not in self._failures
+                and _signed_by(summary, material)
+            ):
+                continue
             self._failures.pop(cert, None)
             self._schedule(cert, 0)
+        return namespaces
+
+    async def publish_trust(self, issuer: IssuerId, namespace: str) -> None:
+        state = self._issuers.states.get(issuer)
+        if state is not None and state.ready and state.material is not None:
+            await self._trust.publish(issuer, state.material, namespace)
 
     def on_namespace_change(self, namespace: str) -> None:
         for cert, issuer in list(self._issuer_links.targets.items()):
@@ -200,32 +302,15 @@ class CertificateController:
                 return
         if body["metadata"].get("deletionTimestamp") or self._namespace_terminating(namespace):
             return  # going away: its Secret may vanish first, which must not cost a signature
-        try:
-            spec = parse_certificate_spec(body.get("spec") or {})
-        except SpecError as error:
-            await self._fail(body, None, error.reason, error.message, retry=False)
+        evaluation = self._evaluate(body)
+        if evaluation is None:
+            try:
+                parse_certificate_spec(body.get("spec") or {})
+            except SpecError as error:
+                await self._fail(body, None, error.reason, error.message, retry=False)
             return
-        issuer_ident: IssuerId = (
-            ("ClusterIssuer", "", spec.issuer_ref.name)
-            if spec.issuer_ref.cluster_scoped
-            else ("Issuer", namespace, spec.issuer_ref.name)
-        )
-        issuer_state = self._issuers.states.get(issuer_ident)
-        material = issuer_state.material if issuer_state and issuer_state.ready else None
-        issuer_key = (
-            IssuerKey(material.kms_key.key_version, material.ca_key_id(spec.ssh is not None))
-            if material
-            else None
-        )
-        summary = self.secrets.get((namespace, spec.secret_name))
-        view = CertificateView(
-            namespace,
-            name,
-            body["metadata"]["uid"],
-            spec,
-            renew_requested_at=(body["metadata"].get("annotations") or {}).get(RENEW_ANNOTATION),
-        )
-        decision = decide(view, summary, issuer_key, _now())
+        spec, issuer_ident, material = evaluation.spec, evaluation.issuer, evaluation.material
+        summary, decision = evaluation.summary, evaluation.decision
         if decision.action is Action.REFUSE:
             await self._fail(body, spec, decision.reason, decision.message, retry=False)
             return
@@ -242,7 +327,7 @@ class CertificateController:
             if material is not None:
                 await self._trust.publish(issuer_ident, material, namespace)
             return
-        await self._issue(body, spec, issuer_ident, issuer_state, decision, summary)
+        await self._issue(body, spec, issuer_ident, evaluation.issuer_state, decision, summary)
 
     async def _issue(
         self,
@@ -491,6 +576,22 @@ class CertificateController:
         trigger: Decision | None = None,
         revision: int | None = None,
     ) -> None:
+        desired = self._ready_status(
+            body, spec, summary, renewal, trigger=trigger, revision=revision
+        )
+        await self._patch_status(body, body.get("status") or {}, desired)
+
+    def _ready_status(
+        self,
+        body: Obj,
+        spec: CertificateSpec,
+        summary: SecretSummary,
+        renewal: datetime.datetime | None,
+        *,
+        trigger: Decision | None = None,
+        revision: int | None = None,
+    ) -> Obj:
+        """The status of a Ready Certificate (and, as a side effect, its metrics record)."""
         now = _now()
         metadata = body["metadata"]
         current = body.get("status") or {}
@@ -555,7 +656,7 @@ class CertificateController:
             not_after=summary.not_after,
             renewal=renewal,
         )
-        await self._patch_status(body, current, desired)
+        return desired
 
     async def _patch_status(self, body: Obj, current: Obj, desired: Obj) -> None:
         patch = st.status_patch(current, desired)

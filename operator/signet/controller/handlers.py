@@ -39,6 +39,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
+    # List in chunks: one 10,000-object list parsed at once is the operator's memory peak.
+    settings.watching.chunk_size = 200
     settings.queueing.idle_timeout = 1.0
     settings.networking.request_timeout = 60
     config: Config = memo["config"]

@@ -52,7 +52,10 @@ class KubeApi:
         loop = asyncio.get_running_loop()
         call = functools.partial(fn, *args, _preload_content=False, **kwargs)
         response = await loop.run_in_executor(self._pool, call)
-        data = response.data
+        try:
+            data = response.data
+        finally:
+            response.release_conn()  # unread-to-the-pool connections are otherwise discarded
         return json.loads(data) if data else {}
 
     async def _get_or_none(self, fn: Callable[..., Any], *args: Any) -> Obj | None:

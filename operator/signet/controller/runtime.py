@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from signet.controller.certificates import CertificateController
-from signet.controller.issuers import IssuerController
+from signet.controller.issuers import IssuerController, IssuerId
 from signet.controller.kubeapi import KubeApi, Obj
 from signet.controller.leadership import LeaderGate
 from signet.controller.trust import TrustPublisher
@@ -36,6 +36,7 @@ from signet.secrets import layout
 logger = logging.getLogger(__name__)
 
 STANDBY_RECHECK = 30.0
+TRUST = "TrustBundle"
 Key = tuple[str, str, str]
 """(kind, namespace or "", name): Certificates, Issuers and ClusterIssuers share one queue."""
 
@@ -91,7 +92,7 @@ class Runtime:
             kms_client=self.kms,
             limiter=self.limiter,
             operator_namespace=config.operator_namespace,
-            on_change=lambda ident: self.certificates.on_issuer_change(ident),
+            on_change=self._issuer_changed,
             schedule=lambda ident, delay: self.queue.add(ident, delay),
             observe_sign=self._observe_sign,
             retry=RetryPolicy(
@@ -159,18 +160,28 @@ class Runtime:
         kind, namespace, name = key
         if kind == "Certificate":
             await self.certificates.reconcile((namespace, name))
+        elif kind == TRUST:
+            issuer_kind, issuer_namespace, issuer_name = name.split("/")
+            await self.certificates.publish_trust(
+                (issuer_kind, issuer_namespace, issuer_name), namespace
+            )
         else:
             await self.issuers.reconcile(key)
 
     # -- watch events, forwarded by the kopf handlers --------------------------------------
     def certificate_event(self, event_type: str | None, body: Obj) -> None:
+        metadata = body["metadata"]
+        key = ("Certificate", metadata["namespace"], metadata["name"])
         deleted = event_type == "DELETED"
-        ident = self.certificates.observe_certificate(body, deleted)
-        key = ("Certificate", *ident)
+        needs_pass = self.certificates.observe_certificate(body, deleted, busy=self.queue.busy(key))
         if deleted:
             self.queue.forget(key)
-        else:
+        elif needs_pass:
             self.queue.add(key)
+
+    def _issuer_changed(self, issuer: IssuerId) -> None:
+        for namespace in self.certificates.on_issuer_change(issuer):
+            self.queue.add((TRUST, namespace, "/".join(issuer)))
 
     def issuer_event(self, event_type: str | None, body: Obj) -> None:
         deleted = event_type == "DELETED"

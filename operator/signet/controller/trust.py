@@ -46,14 +46,21 @@ def bundle(material: IssuerMaterial) -> dict[str, str]:
     return data
 
 
+def _digest(data: dict[str, str]) -> str:
+    return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()
+
+
 class TrustPublisher:
     def __init__(self, api: KubeApi) -> None:
         self._api = api
         self._published: dict[tuple[IssuerId, str], str] = {}
 
+    def published(self, issuer: IssuerId, material: IssuerMaterial, namespace: str) -> bool:
+        return self._published.get((issuer, namespace)) == _digest(bundle(material))
+
     async def publish(self, issuer: IssuerId, material: IssuerMaterial, namespace: str) -> None:
         data = bundle(material)
-        digest = hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()
+        digest = _digest(data)
         if self._published.get((issuer, namespace)) == digest:
             return
         labels = {

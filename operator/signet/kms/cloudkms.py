@@ -227,6 +227,7 @@ class SignLimiter:
         self.max_concurrency = max_concurrency
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._tat = 0.0
+        self._last_send = 0.0
         self.in_flight = 0
 
     def _reserve(self, deadline: float) -> float | None:
@@ -241,6 +242,16 @@ class SignLimiter:
             return None
         self._tat = tat + interval
         return delay
+
+    async def _space_out(self) -> None:
+        """Keep actual sends an interval apart: a waiter that woke late must not let the
+        next on-time send go right behind it (bursts above the rate the quota sees)."""
+        if self.rate is None or self.burst > 1:
+            return
+        interval = 1.0 / self.rate
+        while (wait := self._last_send + interval - time.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(wait)
+        self._last_send = time.monotonic()
 
     @asynccontextmanager
     async def slot(self, deadline: float, key_version: str) -> AsyncIterator[None]:
@@ -265,6 +276,7 @@ class SignLimiter:
                 )
             if delay > 0:
                 await asyncio.sleep(delay)
+            await self._space_out()
             yield
         finally:
             self.in_flight -= 1

@@ -54,6 +54,10 @@ class WorkQueue(Generic[K]):
     def in_flight(self) -> int:
         return len(self._processing)
 
+    def busy(self, key: K) -> bool:
+        """Whether a worker is processing ``key`` right now."""
+        return key in self._processing
+
     def add(self, key: K, delay: float = 0.0) -> None:
         """Process ``key`` after ``delay`` seconds (or sooner if already scheduled sooner)."""
         due = time.monotonic() + max(delay, 0.0)

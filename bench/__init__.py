@@ -1,0 +1,1 @@
+"""Signet's benchmark harness: ``python -m bench [--quick] [--only NAME]`` (see README.md)."""

@@ -1,0 +1,230 @@
+"""``python -m bench [--quick] [--only NAME ...]``: run the figures, write JSON, print a table.
+
+One local control plane (etcd + kube-apiserver, no controller manager), one KMS emulator
+process and the operator as a subprocess; see bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.figures import KMS_KEYS, Env, Sizes, issuance_phase, memory_phase, storm_phase
+from bench.kube import Kube
+from bench.procs import ROOT, SOURCE, KmsEmulator, Operator
+from signet.devcluster import LocalControlPlane, tools_bin
+
+FIGURES = ("throughput", "latency", "memory", "restart", "storm", "kms")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine(kube: Kube) -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "kubernetes": kube.server_version(),
+        "kopf": importlib.metadata.version("kopf"),
+        "kubernetes_client": importlib.metadata.version("kubernetes"),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def apply_crds(kube: Kube) -> None:
+    kubectl = str(ROOT / ".tools" / "bin" / "kubectl")
+    if not Path(kubectl).exists():
+        kubectl = shutil.which("kubectl") or "kubectl"
+    base = [kubectl, f"--kubeconfig={kube.kubeconfig}"]
+    crds = SOURCE.parent / "crds"  # the CRDs that go with the operator source under test
+    if not crds.is_dir():
+        crds = ROOT / "crds"
+    subprocess.run(
+        [*base, "apply", "--server-side", "-f", str(crds)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*base, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
+        check=True,
+        capture_output=True,
+    )
+
+
+def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """(figure, measure, value, target, met) rows for the table and the JSON."""
+    rows: list[dict[str, Any]] = []
+
+    def add(figure: str, measure: str, value: Any, target: str, met: bool | None) -> None:
+        rows.append(
+            {"figure": figure, "measure": measure, "value": value, "target": target, "met": met}
+        )
+
+    if t := figures.get("throughput"):
+        add("throughput", f"operator s for {t['certificates']}", t["operator_s"], "", None)
+        add("throughput", "floor s", t["floor_s"], "", None)
+        add("throughput", "ratio operator/floor", t["ratio"], "<= 1.5", t["ratio"] <= 1.5)
+    if lat := figures.get("latency"):
+        add("latency", "p50 ms", lat["p50_ms"], "<= 100", lat["p50_ms"] <= 100)
+        add("latency", "p99 ms", lat["p99_ms"], "<= 500", lat["p99_ms"] <= 500)
+    if mem := figures.get("memory"):
+        rss = mem["after_restart"]["rss_mib"]
+        peak = max(mem["after_cold_issuance"]["hwm_mib"], mem["after_restart"]["hwm_mib"])
+        n = mem["certificates"]
+        add("memory", f"RSS MiB, {n} Ready (after restart)", rss, "<= 200", rss <= 200)
+        add(
+            "memory", "RSS MiB after cold issuance", mem["after_cold_issuance"]["rss_mib"], "", None
+        )
+        add("memory", "peak VmHWM MiB", peak, "<= 200", peak <= 200)
+        delta = mem["unrelated"]["rss_delta_mib"]
+        add(
+            "memory",
+            f"RSS delta MiB, +{mem['unrelated']['secrets']} unrelated Secrets",
+            delta,
+            "~0 (< 5)",
+            abs(delta) < 5,
+        )
+    if r := figures.get("restart"):
+        add("restart", "KMS signatures", r["kms_sign_calls"], "0", r["kms_sign_calls"] == 0)
+        add("restart", "Secret writes", r["secrets_changed"], "0", r["secrets_changed"] == 0)
+        add("restart", "status writes", r["certificate_status_writes"], "0", None)
+        add(
+            "restart",
+            "s until idle (from spawn)",
+            r["idle_after_spawn_s"],
+            "<= 30",
+            r["idle_after_spawn_s"] <= 30,
+        )
+    if s := figures.get("renewal_storm"):
+        limit = s["sign_qps_limit"]
+        peak = s["kms_max_signs_in_any_1s"]
+        add("storm", "max KMS signs in any 1 s", peak, f"<= {limit:g} (+1)", peak <= limit + 1)
+        late = s["renewed_late_or_missing"]
+        add("storm", "renewed late or missing", late, "0", late == 0 and s["all_renewed"])
+        add("storm", "apiserver peak req/s", s["apiserver"]["peak_requests_per_s"], "", None)
+    if k := figures.get("kms_efficiency"):
+        for phase, value in k["sign_calls_per_certificate"].items():
+            add("kms", f"AsymmetricSign per cert ({phase})", value, "1", value == 1)
+        for key, value in k["get_public_key_calls_per_issuer_per_process"].items():
+            add("kms", f"GetPublicKey per issuer ({key})", value, "1", value == 1)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'figure':<11} {'measure':<44} {'value':>10}  {'target':<12} met"]
+    for row in rows:
+        met = {True: "yes", False: "NO", None: ""}[row["met"]]
+        lines.append(
+            f"{row['figure']:<11} {row['measure']:<44} {row['value']!s:>10}  "
+            f"{row['target']:<12} {met}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (minutes, not an hour)")
+    p.add_argument("--only", action="append", choices=FIGURES, help="run only these (repeatable)")
+    p.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON result")
+    p.add_argument("--profile", action="store_true", help="py-spy the operator in each phase")
+    p.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="run the operator under tracemalloc and dump allocation sites in the memory phase",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, profiles)")
+    for name in ("throughput", "latency-runs", "memory", "unrelated", "storm"):
+        p.add_argument(f"--{name}", type=int, help=f"override the {name} size")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    only = set(args.only or FIGURES)
+    if "kms" in only and not only & {"throughput", "latency"}:
+        only.add("latency")
+    sizes = Sizes.for_mode(args.quick)
+    for name in ("throughput", "latency_runs", "memory", "unrelated", "storm"):
+        if getattr(args, name) is not None:
+            setattr(sizes, name, getattr(args, name))
+    workdir = Path(tempfile.mkdtemp(prefix="signet-bench-"))
+    started = datetime.datetime.now(datetime.UTC)
+    figures: dict[str, Any] = {}
+    kms = KmsEmulator(workdir, KMS_KEYS)
+    tools = ROOT / ".tools" / "bin"  # also when benchmarking a snapshot of the source
+    plane = LocalControlPlane(
+        bin_dir=tools if (tools / "kube-apiserver").exists() else tools_bin(),
+        with_controller_manager=False,
+    )
+    operator: Operator | None = None
+    try:
+        plane.start()
+        kube = Kube(plane.kubeconfig)
+        info = machine(kube)
+        apply_crds(kube)
+        kms.start()
+        operator = Operator(plane.kubeconfig, kms.address, workdir)
+        if args.tracemalloc:
+            operator.tracemalloc_out = workdir / "tracemalloc.txt"
+        env = Env(kube, kms, operator, workdir, profile=args.profile)
+        print(f"signet bench: {'quick' if args.quick else 'full'} {sorted(only)} in {workdir}")
+        if only & {"throughput", "latency", "kms"}:
+            print("  issuance: throughput, latency, KMS efficiency ...", flush=True)
+            figures.update(issuance_phase(env, sizes, only))
+        if only & {"memory", "restart"}:
+            print(f"  memory/restart with {sizes.memory} Certificates ...", flush=True)
+            figures.update(memory_phase(env, sizes, only))
+        if "storm" in only:
+            print(f"  renewal storm with {sizes.storm} Certificates ...", flush=True)
+            figures["renewal_storm"] = storm_phase(env, sizes)
+        info["load_average_at_end"] = list(os.getloadavg())
+        kube.close()
+    finally:
+        if operator is not None:
+            operator.stop()
+        kms.stop()
+        plane.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    rows = targets(figures)
+    result = {
+        "started": started.isoformat(timespec="seconds"),
+        "wall_s": round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1),
+        "mode": "quick" if args.quick else "full",
+        "only": sorted(only),
+        "sizes": vars(sizes),
+        "machine": info,
+        "figures": figures,
+        "targets": rows,
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    load = info["load_average_at_start"]
+    print(
+        f"\n{info['cores']} cores {info['cpu_model']}, Python {info['python']}, "
+        f"Kubernetes {info['kubernetes']}, kopf {info['kopf']}, load {load[0]:.1f} at start"
+    )
+    print(table(rows))
+    print(f"\nresults: {path}" + (f"\nwork folder kept: {workdir}" if args.keep else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

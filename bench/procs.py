@@ -1,0 +1,336 @@
+"""The processes a benchmark run drives: KMS emulator, operator, optional py-spy.
+
+Each is a child process so that its CPU does not share the harness's GIL; the harness
+only observes them (emulator audit log, operator /metrics and /proc/<pid>/status).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import signet
+from signet.devcluster.controlplane import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = Path(signet.__file__).resolve().parents[1]
+"""Where the harness's own ``signet`` came from; the emulator and operator children get the
+same one (``PYTHONPATH=/some/snapshot/operator python -m bench`` benchmarks a snapshot)."""
+KEY_RING = "bench"
+ALGORITHM = "EC_SIGN_P256_SHA256"
+SIGN = "AsymmetricSign"
+GET_PUBLIC_KEY = "GetPublicKey"
+
+
+def _env() -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(SOURCE), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass(frozen=True)
+class KmsCall:
+    """One line of the emulator's audit log."""
+
+    at: float
+    """Wall-clock (epoch seconds) when the call reached the emulator (its audit entry is
+    stamped at completion; the recorded latency is subtracted)."""
+    method: str
+    resource: str
+    code: str
+
+
+class KmsEmulator:
+    """``signet kms-emulator`` as a subprocess; calls are counted from its audit log, which
+    the emulator flushes per call (the in-process ``Counters`` are not reachable)."""
+
+    def __init__(self, folder: Path, keys: Sequence[str]) -> None:
+        self.folder = folder
+        self.audit_path = folder / "kms-audit.jsonl"
+        self.keys = list(keys)
+        self.versions: dict[str, str] = {}
+        self.address = ""
+        self._process: subprocess.Popen[str] | None = None
+        self._offset = 0
+        self._calls: list[KmsCall] = []
+
+    def start(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "signet.cli",
+            "kms-emulator",
+            "--port=0",
+            f"--audit-log={self.audit_path}",
+        ]
+        for key in self.keys:
+            command.append(f"--create={KEY_RING}/{key}:{ALGORITHM}")
+        self._process = subprocess.Popen(
+            command, env=_env(), stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+        )
+        assert self._process.stdout is not None
+        first = self._process.stdout.readline().strip()
+        if not first.startswith("listening on "):
+            raise RuntimeError(f"KMS emulator did not start: {first!r}")
+        self.address = first.removeprefix("listening on ")
+        for key in self.keys:
+            self.versions[key] = self._process.stdout.readline().strip()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def calls(self) -> list[KmsCall]:
+        """Every call so far (the file is read incrementally)."""
+        if self.audit_path.exists():
+            with self.audit_path.open("rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+            end = chunk.rfind(b"\n") + 1
+            self._offset += end
+            for line in chunk[:end].splitlines():
+                entry = json.loads(line)
+                payload = entry["protoPayload"]
+                self._calls.append(
+                    KmsCall(
+                        datetime.datetime.fromisoformat(entry["timestamp"]).timestamp()
+                        - float(entry.get("latencyMs") or 0) / 1000,
+                        payload["methodName"].rsplit(".", 1)[-1],
+                        payload["resourceName"],
+                        payload["status"]["codeName"],
+                    )
+                )
+        return self._calls
+
+    def count(
+        self,
+        method: str,
+        *,
+        key: str | None = None,
+        since: float = 0.0,
+        until: float = float("inf"),
+        code: str | None = "OK",
+    ) -> int:
+        """Calls of ``method`` on ``key`` (a key id given to the constructor) in a window."""
+        version = self.versions[key] if key else None
+        return sum(
+            1
+            for c in self.calls()
+            if c.method == method
+            and since <= c.at <= until
+            and (version is None or c.resource == version)
+            and (code is None or c.code == code)
+        )
+
+    def times(self, method: str, *, key: str, since: float = 0.0) -> list[float]:
+        version = self.versions[key]
+        return [
+            c.at
+            for c in self.calls()
+            if c.method == method and c.resource == version and c.at >= since and c.code == "OK"
+        ]
+
+
+@dataclass
+class Operator:
+    """``signet run`` as a subprocess, one start per call of :meth:`start`."""
+
+    kubeconfig: Path
+    kms_address: str
+    folder: Path
+    tracemalloc_out: Path | None = None
+    """Run under bench/tracemalloc_run.py; :meth:`dump_allocations` appends to this file."""
+    process: subprocess.Popen[bytes] | None = None
+    metrics_port: int = 0
+    starts: int = 0
+    args: list[str] = field(default_factory=list)
+
+    def start(
+        self, namespaces: Sequence[str], extra: Sequence[str] = (), timeout: float = 90
+    ) -> float:
+        """Start and wait for /metrics to answer; returns the spawn time (perf_counter)."""
+        self.metrics_port = free_port()
+        self.args = [
+            "run",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--kms-emulator={self.kms_address}",
+            f"--metrics-port={self.metrics_port}",
+            f"--health-port={free_port()}",
+            "--log-format=json",
+            *(f"--namespace={ns}" for ns in namespaces),
+            *extra,
+        ]
+        self.starts += 1
+        prefix = [sys.executable, "-m", "signet.cli"]
+        if self.tracemalloc_out is not None:
+            prefix = [sys.executable, str(ROOT / "bench" / "tracemalloc_run.py")]
+            prefix.append(str(self.tracemalloc_out))
+        log = self.folder / f"operator-{self.starts}.log"
+        spawned = time.perf_counter()
+        with log.open("ab") as out_fh:
+            self.process = subprocess.Popen(
+                [*prefix, *self.args],
+                stdout=out_fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_env(),
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"operator exited:\n{log.read_text()[-3000:]}")
+            try:
+                self.metrics_text()
+                return spawned
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"operator not ready in {timeout}s:\n{log.read_text()[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "operator not running"
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def dump_allocations(self, wait: float = 60) -> None:
+        """Ask a tracemalloc-wrapped operator for a snapshot and wait until it is written."""
+        if self.tracemalloc_out is None:
+            return
+        size = self.tracemalloc_out.stat().st_size if self.tracemalloc_out.exists() else 0
+        assert self.process is not None
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.tracemalloc_out.exists() and self.tracemalloc_out.stat().st_size > size:
+                time.sleep(1)  # let the write finish
+                return
+            time.sleep(0.5)
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10
+        ) as response:
+            text: str = response.read().decode()
+            return text
+
+    def memory(self) -> dict[str, float]:
+        """VmRSS and VmHWM (peak) of the operator process in MiB."""
+        return proc_memory(self.pid)
+
+
+def proc_memory(pid: int) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            values[name] = int(rest.split()[0]) / 1024
+    return {"rss_mib": round(values["VmRSS"], 1), "hwm_mib": round(values["VmHWM"], 1)}
+
+
+def metric_samples(text: str, name: str) -> list[tuple[str, float]]:
+    """``(labels, value)`` of every sample of ``name`` in Prometheus text format."""
+    samples = []
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, labels = head.partition("{")
+        if metric == name:
+            samples.append((labels.rstrip("}"), float(value)))
+    return samples
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(value for _, value in metric_samples(text, name))
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, out: Path | None, rate: int = 50) -> Iterator[None]:
+    """Sample ``pid`` with py-spy (collapsed stacks) for the duration of the block. Only
+    the thread holding the GIL is sampled (``--gil``), so shares are of CPU, not of
+    threads waiting on sockets or queues."""
+    if out is None:
+        yield
+        return
+    spy = Path(sys.executable).parent / "py-spy"
+    process = subprocess.Popen(
+        [
+            str(spy),
+            "record",
+            f"--pid={pid}",
+            f"--rate={rate}",
+            "--gil",
+            "--format=raw",
+            f"--output={out}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def summarize_collapsed(path: Path, top: int = 15) -> dict[str, list[tuple[str, float]]]:
+    """Top functions by self and inclusive share of samples from a py-spy raw profile."""
+    if not path.exists():
+        return {"self": [], "inclusive": []}
+    self_counts: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        leaf = frames[-1]
+        self_counts[leaf] = self_counts.get(leaf, 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    if total == 0:
+        return {"self": [], "inclusive": []}
+
+    def best(counts: dict[str, int]) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [(frame, round(100 * n / total, 1)) for frame, n in ranked]
+
+    return {"self": best(self_counts), "inclusive": best(inclusive)}
