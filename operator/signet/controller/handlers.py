@@ -41,7 +41,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.connect_timeout = 10
     # List in chunks: one 10,000-object list parsed at once is the operator's memory peak.
     settings.watching.chunk_size = 200
-    settings.queueing.idle_timeout = 1.0
+    # kopf runs one worker task per object with events in flight; bounding them makes the
+    # watch stream wait instead of buffering 10,000 bodies at startup. Handlers return in
+    # microseconds, so workers may exit almost at once and free their slot.
+    settings.queueing.worker_limit = 200
+    settings.queueing.idle_timeout = 0.1
     settings.networking.request_timeout = 60
     config: Config = memo["config"]
     runtime = Runtime(config)
