@@ -160,9 +160,8 @@ class IssuerController:
             return IssuerState(False, error.reason, error.message, spec)
         ssh_line = None
         if spec.ssh_enabled:
-            adapter = kmskey.kms_private_key(kms_key, _never_sign)
             try:
-                pki_ssh.check_ssh_ca_key(adapter)
+                pki_ssh.check_ssh_ca_algorithm(kms_key.algorithm)
             except ValueError as error:
                 return IssuerState(False, "SSHUnsupportedKey", str(error), spec)
             ssh_line = pki_ssh.public_key_line(kms_key.public_key, f"signet-{name}")
@@ -269,10 +268,6 @@ def _material_key(material: IssuerMaterial | None) -> tuple[str, str, str] | Non
         material.ca_key_id(False) or "",
         material.ssh_ca_line or "",
     )
-
-
-def _never_sign(data: bytes) -> bytes:
-    raise AssertionError("capability probe must not sign")
 
 
 def _ca_subject(common_name: str, organization: str | None) -> x509.Name:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,8 @@ class Runtime:
         self.config = config
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self.terminating_namespaces: set[str] = set()
+        self.activity = 0
+        """Watch events and passes so far; the heap trimmer waits for it to stand still."""
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -125,6 +129,9 @@ class Runtime:
         )
         await self.leadership.start()
         self.queue.start()
+        self._trimmer = asyncio.create_task(
+            _trim_heap_when_quiet(lambda: self.activity), name="signet-malloc-trim"
+        )
         self.ready.set()
 
     async def _labels_of(self, namespace: str) -> dict[str, str] | None:
@@ -147,6 +154,7 @@ class Runtime:
                 self.metrics.kms_errors.labels(code).inc()
 
     async def stop(self) -> None:
+        self._trimmer.cancel()
         await self.leadership.stop()
         await self.queue.stop()
         await self.events.drain()
@@ -154,6 +162,7 @@ class Runtime:
         self.api.close()
 
     async def _process(self, key: Key) -> None:
+        self.activity += 1
         if not self.leadership.leader:
             self.queue.add(key, STANDBY_RECHECK)  # kopf re-lists everything on resuming anyway
             return
@@ -170,6 +179,7 @@ class Runtime:
 
     # -- watch events, forwarded by the kopf handlers --------------------------------------
     def certificate_event(self, event_type: str | None, body: Obj) -> None:
+        self.activity += 1
         metadata = body["metadata"]
         key = ("Certificate", metadata["namespace"], metadata["name"])
         deleted = event_type == "DELETED"
@@ -184,6 +194,7 @@ class Runtime:
             self.queue.add((TRUST, namespace, "/".join(issuer)))
 
     def issuer_event(self, event_type: str | None, body: Obj) -> None:
+        self.activity += 1
         deleted = event_type == "DELETED"
         self.issuers.observe(body, deleted)
         metadata = body["metadata"]
@@ -194,9 +205,11 @@ class Runtime:
             self.queue.add(key)
 
     def secret_event(self, event_type: str | None, body: Obj) -> None:
+        self.activity += 1
         self.certificates.observe_secret(body, event_type == "DELETED")
 
     def namespace_event(self, event_type: str | None, body: Obj) -> None:
+        self.activity += 1
         name = body["metadata"]["name"]
         labels: dict[str, Any] = dict(body["metadata"].get("labels") or {})
         if event_type == "DELETED":
@@ -208,3 +221,25 @@ class Runtime:
         if self.namespace_labels.get(name) != labels:
             self.namespace_labels[name] = labels
             self.certificates.on_namespace_change(name)
+
+
+async def _trim_heap_when_quiet(activity: Callable[[], int], interval: float = 1.0) -> None:
+    """Hand freed heap back to the OS once a burst of work is over.
+
+    Watch events are large, short-lived dicts and strings (a Secret body is tens of KB
+    parsed) while what Signet keeps per object is small and long-lived; glibc keeps the
+    freed space between them, so RSS would stay at the startup peak. malloc_trim returns
+    it; running it only after a quiet second keeps it off the busy path.
+    """
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to do
+    trimmed_at = seen = activity()
+    while True:
+        await asyncio.sleep(interval)
+        now = activity()
+        if now == seen and now != trimmed_at:
+            await asyncio.to_thread(trim, 0)
+            trimmed_at = now
+        seen = now

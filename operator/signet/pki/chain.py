@@ -12,6 +12,7 @@ Messages never quote the PEM input: a pasted chain sometimes contains a private 
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from dataclasses import dataclass
 
@@ -37,13 +38,13 @@ class CaChain:
         """The certificate whose key is the KMS key; it signs leaves."""
         return self.certificates[0]
 
-    @property
+    @functools.cached_property
     def root(self) -> x509.Certificate | None:
         """The self-signed root at the end of the chain, if the user included one."""
         last = self.certificates[-1]
         return last if _is_self_signed(last) else None
 
-    @property
+    @functools.cached_property
     def intermediates(self) -> tuple[x509.Certificate, ...]:
         """Every certificate except a self-signed root: what a server sends after its leaf."""
         return self.certificates[:-1] if self.root is not None else self.certificates

@@ -48,7 +48,9 @@ class WorkQueue(Generic[K]):
     def due(self) -> int:
         """Keys whose time has come but that no worker has taken yet: the backlog."""
         now = time.monotonic()
-        return sum(1 for due, _ in self._scheduled.values() if due <= now)
+        # A snapshot first: /metrics scrapes call this from the HTTP server's thread while
+        # the event loop keeps scheduling.
+        return sum(1 for due, _ in list(self._scheduled.values()) if due <= now)
 
     @property
     def in_flight(self) -> int:
