@@ -321,7 +321,9 @@ class CertificateController:
         if decision.action in (Action.NOTHING, Action.REPAIR_METADATA):
             assert summary is not None
             self._failures.pop(ident, None)
-            await self._write_ready_status(body, spec, summary, decision.wake_at)
+            await self._patch_status(
+                body, self._ready_status(body, spec, summary, decision.wake_at)
+            )
             if decision.wake_at is not None:
                 self._schedule(ident, (decision.wake_at - _now()).total_seconds())
             if material is not None:
@@ -455,9 +457,8 @@ class CertificateController:
             f"valid until {st.timestamp(issued.not_after)}",
         )
         due = _renewal(body, spec, summary)
-        await self._write_ready_status(
-            body, spec, summary, due, trigger=decision, revision=revision
-        )
+        desired = self._ready_status(body, spec, summary, due, trigger=decision, revision=revision)
+        await self._patch_status(body, desired)
         self._schedule(ident, (due - _now()).total_seconds())
         await self._trust.publish(issuer_ident, material, namespace)
 
@@ -566,21 +567,6 @@ class CertificateController:
         self._events.post(body, type="Normal", reason="SecretRepaired", message=decision.message)
 
     # -- status ---------------------------------------------------------------------------
-    async def _write_ready_status(
-        self,
-        body: Obj,
-        spec: CertificateSpec,
-        summary: SecretSummary,
-        renewal: datetime.datetime | None,
-        *,
-        trigger: Decision | None = None,
-        revision: int | None = None,
-    ) -> None:
-        desired = self._ready_status(
-            body, spec, summary, renewal, trigger=trigger, revision=revision
-        )
-        await self._patch_status(body, body.get("status") or {}, desired)
-
     def _ready_status(
         self,
         body: Obj,
@@ -658,8 +644,8 @@ class CertificateController:
         )
         return desired
 
-    async def _patch_status(self, body: Obj, current: Obj, desired: Obj) -> None:
-        patch = st.status_patch(current, desired)
+    async def _patch_status(self, body: Obj, desired: Obj) -> None:
+        patch = st.status_patch(body.get("status"), desired)
         if patch is None:
             return
         metadata = body["metadata"]
@@ -761,7 +747,7 @@ class CertificateController:
         self._metrics.issuances.labels(result, reason).inc()
         self._events.post(body, type="Warning", reason=reason, message=message)
         logger.warning("Certificate %s/%s: %s: %s", ident[0], ident[1], reason, message)
-        await self._patch_status(body, current, desired)
+        await self._patch_status(body, desired)
 
 
 def _key_fits(key: keys.LeafPrivateKey, spec: CertificateSpec) -> bool:
