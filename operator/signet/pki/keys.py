@@ -46,6 +46,7 @@ _CURVES: dict[int, type[ec.EllipticCurve]] = {256: ec.SECP256R1, 384: ec.SECP384
 ECDSA_SIZES = tuple(_CURVES)
 """ECDSA curve sizes: P-256 and P-384, the curves every TLS stack and OpenSSH support."""
 
+_OPENSSH_KEY_LABEL = b"OPENSSH PRIVATE KEY"
 _CURVE_NAMES = {"secp256r1": 256, "secp384r1": 384}
 
 
@@ -111,7 +112,7 @@ def load_private_key(data: bytes) -> LeafPrivateKey:
     """
     key: PrivateKeyTypes
     try:
-        if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+        if data.lstrip().startswith(b"-----BEGIN " + _OPENSSH_KEY_LABEL):
             key = serialization.load_ssh_private_key(data, password=None)
         else:
             key = serialization.load_pem_private_key(data, password=None)
@@ -132,7 +133,8 @@ def private_key_to_pem(key: LeafPrivateKey) -> bytes:
 
 
 def private_key_to_openssh(key: LeafPrivateKey) -> bytes:
-    """OpenSSH ``-----BEGIN OPENSSH PRIVATE KEY-----`` format, unencrypted, for ``ssh -i``."""
+    """The OpenSSH private key format (PEM label ``OPENSSH PRIVATE KEY``), unencrypted, for
+    ``ssh -i``."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.OpenSSH,
