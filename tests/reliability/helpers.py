@@ -23,6 +23,8 @@ from tests.operator.harness import (
     OperatorProcess,
     certificate_manifest,
     condition,
+    issuer_manifest,
+    wait_issuer_ready,
 )
 
 Obj = dict[str, Any]
@@ -30,6 +32,27 @@ RENEW_ANNOTATION = "signet.dev/renew-requested-at"
 KMS_DEADLINE_S = 3.0
 """The harness runs the operator with ``--kms-deadline=3``."""
 RETRY_CAP_S = 300.0
+
+
+KeyFactory = Callable[..., str]
+
+
+def fresh_issuer(kube: Kube, namespace: str, key_factory: KeyFactory, timeout: float = 30) -> str:
+    """A Ready Issuer "ca" on a KMS key of its own (faults on the key must not leak into
+    other tests); returns the key version."""
+    key_version: str = key_factory("EC_SIGN_P256_SHA256", fresh=True)
+    kube.apply(issuer_manifest("ca", key_version, namespace=namespace))
+    wait_issuer_ready(kube, namespace, "ca", timeout=timeout)
+    return key_version
+
+
+def issued_count(kube: Kube, namespace: str) -> int:
+    """Certificates in the namespace that carry a serial (issued at least once)."""
+    return sum(
+        1
+        for c in list_certificates(kube, namespace).values()
+        if (c.get("status") or {}).get("serialNumber")
+    )
 
 
 def create_certificates(

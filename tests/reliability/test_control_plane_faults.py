@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -15,20 +15,21 @@ import pytest
 from signet.devcluster import LocalControlPlane
 from signet.kms.emulator import Counters
 from tests.kube import Kube
-from tests.operator.harness import OperatorProcess, issuer_manifest, wait_issuer_ready
+from tests.operator.harness import OperatorProcess
 from tests.reliability.conftest import Recorder
 from tests.reliability.helpers import (
+    KeyFactory,
     assert_secrets_consistent,
     audit_counts,
     create_certificates,
-    list_certificates,
+    fresh_issuer,
+    issued_count,
     poll,
     wait_all,
 )
 
 pytestmark = pytest.mark.cluster
 
-KeyFactory = Callable[..., str]
 SLOW_KEY = {"algorithm": "RSA", "size": 3072}
 """Leaf keys that take real CPU, so a batch is still running when the fault hits."""
 MAX_IN_FLIGHT = 32
@@ -55,21 +56,6 @@ def _frozen(pid: int, seconds: float) -> Iterator[None]:
         time.sleep(seconds)
     finally:
         os.kill(pid, signal.SIGCONT)
-
-
-def _issuer(kube: Kube, namespace: str, key_factory: KeyFactory) -> str:
-    key_version = key_factory("EC_SIGN_P256_SHA256", fresh=True)
-    kube.apply(issuer_manifest("ca", key_version, namespace=namespace))
-    wait_issuer_ready(kube, namespace, "ca")
-    return key_version
-
-
-def _ready_count(kube: Kube, namespace: str) -> int:
-    return sum(
-        1
-        for c in list_certificates(kube, namespace).values()
-        if (c.get("status") or {}).get("serialNumber")
-    )
 
 
 def _check_once_each(
@@ -105,12 +91,12 @@ def test_apiserver_restart_mid_batch(
     record: Recorder,
 ) -> None:
     plane = _plane(crds)
-    key_version = _issuer(crds, namespace, kms_key_factory)
+    key_version = fresh_issuer(crds, namespace, kms_key_factory)
     base = kms_counters.count("AsymmetricSign", key_version, "OK")
     names = [f"a{i:02d}" for i in range(40)]
     create_certificates(crds, namespace, "ca", names)
-    poll(lambda: _ready_count(crds, namespace) >= 5, timeout=60, what="first issuances")
-    pending = len(names) - _ready_count(crds, namespace)
+    poll(lambda: issued_count(crds, namespace) >= 5, timeout=60, what="first issuances")
+    pending = len(names) - issued_count(crds, namespace)
     start = time.monotonic()
     plane.restart_apiserver()
     back = time.monotonic() - start
@@ -127,65 +113,38 @@ def test_apiserver_restart_mid_batch(
     )
 
 
-def test_etcd_paused_mid_batch(
+@pytest.mark.parametrize(
+    ("component", "seconds", "prefix"), [("etcd", 6, "e"), ("kube-apiserver", 5, "f")]
+)
+def test_control_plane_frozen_mid_batch(
     crds: Kube,
     namespace: str,
     signet_operator: OperatorProcess,
     kms_key_factory: KeyFactory,
     kms_counters: Counters,
     record: Recorder,
+    component: str,
+    seconds: int,
+    prefix: str,
 ) -> None:
     plane = _plane(crds)
-    key_version = _issuer(crds, namespace, kms_key_factory)
+    key_version = fresh_issuer(crds, namespace, kms_key_factory)
     base = kms_counters.count("AsymmetricSign", key_version, "OK")
-    names = [f"e{i:02d}" for i in range(30)]
+    names = [f"{prefix}{i:02d}" for i in range(30)]
     create_certificates(crds, namespace, "ca", names, privateKey=SLOW_KEY)
-    poll(lambda: _ready_count(crds, namespace) >= 3, timeout=60, what="first issuances")
-    pending = len(names) - _ready_count(crds, namespace)
+    poll(lambda: issued_count(crds, namespace) >= 3, timeout=60, what="first issuances")
+    pending = len(names) - issued_count(crds, namespace)
     start = time.monotonic()
-    with _frozen(_pid(plane, "etcd"), 6):
+    with _frozen(_pid(plane, component), seconds):
         pass
-    pending_after = len(names) - _ready_count(crds, namespace)
+    pending_after = len(names) - issued_count(crds, namespace)
     wait_all(crds, namespace, names, timeout=120)
     recovery = time.monotonic() - start
     assert pending_after > 0, "the batch finished before the fault: nothing was tested"
     signs = kms_counters.count("AsymmetricSign", key_version, "OK") - base
     repeated = _check_once_each(crds, namespace, names, signet_operator, signs, pending)
     record(
-        "etcd SIGSTOP 6s mid-batch (30 Certificates)",
-        f"{pending} pending at SIGSTOP, {pending_after} after SIGCONT; converged; "
-        f"{repeated} repeated signature(s)",
-        recovery,
-        signatures=signs,
-    )
-
-
-def test_apiserver_frozen_mid_batch(
-    crds: Kube,
-    namespace: str,
-    signet_operator: OperatorProcess,
-    kms_key_factory: KeyFactory,
-    kms_counters: Counters,
-    record: Recorder,
-) -> None:
-    plane = _plane(crds)
-    key_version = _issuer(crds, namespace, kms_key_factory)
-    base = kms_counters.count("AsymmetricSign", key_version, "OK")
-    names = [f"f{i:02d}" for i in range(30)]
-    create_certificates(crds, namespace, "ca", names, privateKey=SLOW_KEY)
-    poll(lambda: _ready_count(crds, namespace) >= 3, timeout=60, what="first issuances")
-    pending = len(names) - _ready_count(crds, namespace)
-    start = time.monotonic()
-    with _frozen(_pid(plane, "kube-apiserver"), 5):
-        pass
-    pending_after = len(names) - _ready_count(crds, namespace)
-    wait_all(crds, namespace, names, timeout=120)
-    recovery = time.monotonic() - start
-    assert pending_after > 0, "the batch finished before the fault: nothing was tested"
-    signs = kms_counters.count("AsymmetricSign", key_version, "OK") - base
-    repeated = _check_once_each(crds, namespace, names, signet_operator, signs, pending)
-    record(
-        "kube-apiserver SIGSTOP 5s mid-batch (30 Certificates)",
+        f"{component} SIGSTOP {seconds}s mid-batch (30 Certificates)",
         f"{pending} pending at SIGSTOP, {pending_after} after SIGCONT; converged; "
         f"{repeated} repeated signature(s)",
         recovery,
@@ -203,7 +162,7 @@ def test_watches_resume_after_connections_cut(
     """An idle operator whose watches were all cut by an apiserver restart notices new
     Certificates, spec changes and deleted Secrets afterwards, without a resync period."""
     plane = _plane(crds)
-    _issuer(crds, namespace, kms_key_factory)
+    fresh_issuer(crds, namespace, kms_key_factory)
     create_certificates(crds, namespace, "ca", ["before"])
     before = wait_all(crds, namespace, ["before"])["before"]
     plane.restart_apiserver()

@@ -9,7 +9,6 @@ attempt, and everything converges within the backoff once KMS is back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import grpc
 import pytest
@@ -20,17 +19,17 @@ from tests.kube import Kube
 from tests.operator.harness import (
     OperatorProcess,
     condition,
-    issuer_manifest,
-    wait_issuer_ready,
 )
 from tests.reliability.conftest import Recorder
 from tests.reliability.helpers import (
     KMS_DEADLINE_S,
     RETRY_CAP_S,
+    KeyFactory,
     Obj,
     assert_secrets_consistent,
     audit_counts,
     create_certificates,
+    fresh_issuer,
     list_certificates,
     poll,
     request_renewal,
@@ -41,17 +40,8 @@ from tests.reliability.helpers import (
 
 pytestmark = pytest.mark.cluster
 
-KeyFactory = Callable[..., str]
 SETTLE_S = 15.0
 """Slack for queue processing on two busy cores, on top of the computed backoff bound."""
-
-
-def _own_issuer(kube: Kube, namespace: str, key_factory: KeyFactory) -> str:
-    """An Issuer on a key of its own (faults on the key must not leak into other tests)."""
-    key_version = key_factory("EC_SIGN_P256_SHA256", fresh=True)
-    kube.apply(issuer_manifest("ca", key_version, namespace=namespace))
-    wait_issuer_ready(kube, namespace, "ca")
-    return key_version
 
 
 def _failing(obj: Obj, reason: str) -> bool:
@@ -96,7 +86,7 @@ def test_kms_outage_mid_batch(
     count: int,
     outage_s: float,
 ) -> None:
-    key_version = _own_issuer(crds, namespace, kms_key_factory)
+    key_version = fresh_issuer(crds, namespace, kms_key_factory)
     names = [f"c{i:03d}" for i in range(count)]
     before, during = names[: count // 2], names[count // 2 :]
     renewed = before[:10]
@@ -183,7 +173,7 @@ def test_kms_quota_exhausted(
     kms_counters: Counters,
     record: Recorder,
 ) -> None:
-    key_version = _own_issuer(crds, namespace, kms_key_factory)
+    key_version = fresh_issuer(crds, namespace, kms_key_factory)
     names = [f"q{i:02d}" for i in range(16)]
     signs_before = kms_counters.count("AsymmetricSign", key_version, "OK")  # the CA bootstrap
     kms_faults.sign_qps = 2
@@ -226,7 +216,7 @@ def test_kms_latency_500ms(
     kms_counters: Counters,
     record: Recorder,
 ) -> None:
-    key_version = _own_issuer(crds, namespace, kms_key_factory)
+    key_version = fresh_issuer(crds, namespace, kms_key_factory)
     names = [f"l{i:02d}" for i in range(16)]
     kms_counters.reset()  # forget the CA bootstrap signature
     kms_faults.latency_s = 0.5
@@ -255,7 +245,7 @@ def test_key_version_disabled_then_enabled(
     kms_counters: Counters,
     record: Recorder,
 ) -> None:
-    key_version = _own_issuer(crds, namespace, kms_key_factory)
+    key_version = fresh_issuer(crds, namespace, kms_key_factory)
     old = ["d0", "d1", "d2"]
     create_certificates(crds, namespace, "ca", old)
     wait_all(crds, namespace, old)
@@ -307,7 +297,7 @@ def test_key_version_destroyed(
     kms_admin: kms_v1.KeyManagementServiceClient,
     record: Recorder,
 ) -> None:
-    key_version = _own_issuer(crds, namespace, kms_key_factory)
+    key_version = fresh_issuer(crds, namespace, kms_key_factory)
     create_certificates(crds, namespace, "ca", ["old"])
     wait_all(crds, namespace, ["old"])
     valid = secret_snapshot(crds, namespace)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,36 +16,22 @@ import pytest
 
 from signet.kms.emulator import Counters, EmulatorServer
 from tests.kube import Kube
-from tests.operator.harness import OperatorProcess, issuer_manifest, wait_issuer_ready
+from tests.operator.harness import OperatorProcess
 from tests.reliability.conftest import Recorder
 from tests.reliability.helpers import (
+    KeyFactory,
     assert_secrets_consistent,
     audit_counts,
     create_certificates,
-    list_certificates,
+    fresh_issuer,
+    issued_count,
     poll,
     wait_all,
 )
 
 pytestmark = pytest.mark.cluster
 
-KeyFactory = Callable[..., str]
 MAX_IN_FLIGHT = 32
-
-
-def _issuer(kube: Kube, namespace: str, key_factory: KeyFactory, timeout: float = 30) -> str:
-    key_version = key_factory("EC_SIGN_P256_SHA256", fresh=True)
-    kube.apply(issuer_manifest("ca", key_version, namespace=namespace))
-    wait_issuer_ready(kube, namespace, "ca", timeout=timeout)
-    return key_version
-
-
-def _issued(kube: Kube, namespace: str) -> int:
-    return sum(
-        1
-        for c in list_certificates(kube, namespace).values()
-        if (c.get("status") or {}).get("serialNumber")
-    )
 
 
 def test_sigkill_mid_batch_then_restart(
@@ -57,14 +42,14 @@ def test_sigkill_mid_batch_then_restart(
     kms_counters: Counters,
     record: Recorder,
 ) -> None:
-    key_version = _issuer(crds, namespace, kms_key_factory)
+    key_version = fresh_issuer(crds, namespace, kms_key_factory)
     base = kms_counters.count("AsymmetricSign", key_version, "OK")
     names = [f"k{i:02d}" for i in range(40)]
     create_certificates(crds, namespace, "ca", names, privateKey={"algorithm": "RSA", "size": 2048})
-    poll(lambda: _issued(crds, namespace) >= 5, timeout=60, what="first issuances")
+    poll(lambda: issued_count(crds, namespace) >= 5, timeout=60, what="first issuances")
     try:
         signet_operator.stop(signal.SIGKILL)
-        issued_at_kill = _issued(crds, namespace)
+        issued_at_kill = issued_count(crds, namespace)
     finally:
         start = time.monotonic()
         signet_operator.start()
@@ -137,7 +122,7 @@ def test_two_peered_operators_only_one_acts(
         poll(lambda: len(_peers(crds, peering)) == 2, timeout=30, what="both replicas peered")
         start = time.monotonic()
         try:
-            _issuer(crds, namespace, kms_key_factory, timeout=30)
+            fresh_issuer(crds, namespace, kms_key_factory, timeout=30)
         except AssertionError as error:
             paused = [
                 line[:200]
