@@ -4,17 +4,16 @@ ssh client holding the user Secret, with strict host key checking against the CA
 from __future__ import annotations
 
 import getpass
-import os
-import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from signet.devcluster.controlplane import free_port
+from tests import openssh
 from tests.kube import Kube
 from tests.operator.harness import secret_data, wait_condition
 
@@ -31,16 +30,8 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> Path:
 
 
 @pytest.fixture
-def sshd_binary() -> Iterator[str]:
-    binary = "/usr/sbin/sshd"
-    if not os.path.exists(binary) or shutil.which("ssh") is None:
-        pytest.skip("OpenSSH server/client not installed")
-    privsep = Path("/run/sshd")
-    if not privsep.is_dir():
-        if os.geteuid() != 0:
-            pytest.skip("sshd needs /run/sshd, which only root can create")
-        privsep.mkdir(mode=0o755, parents=True)
-    yield binary
+def sshd_binary() -> str:
+    return openssh.sshd_binary()
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:

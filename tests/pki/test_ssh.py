@@ -6,7 +6,6 @@ import base64
 import datetime
 import getpass
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -34,6 +33,7 @@ from signet.pki.ssh import (
     known_hosts_line,
     public_key_line,
 )
+from tests import openssh
 from tests.pki.conftest import SSH_CA_ALGORITHMS, CaFactory, KmsCa, exact, run
 
 LeafKeys = Callable[[str, int | None], LeafPrivateKey]
@@ -300,14 +300,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
 @pytest.fixture(scope="module")
 def sshd(kms_ca: CaFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """sshd on 127.0.0.1 trusting every SSH-capable KMS CA for users, host cert from one."""
-    binary = "/usr/sbin/sshd"
-    if not os.path.exists(binary) or shutil.which("ssh") is None:
-        pytest.skip("OpenSSH server/client not installed")
-    privsep = Path("/run/sshd")
-    if not privsep.is_dir():
-        if os.geteuid() != 0:
-            pytest.skip("sshd needs /run/sshd, which only root can create")
-        privsep.mkdir(mode=0o755, parents=True)
+    binary = openssh.sshd_binary()
     root = tmp_path_factory.mktemp("sshd")
     host_ca = kms_ca("RSA_SIGN_PKCS1_3072_SHA256")
     host_key = generate_private_key("ECDSA", 256)

@@ -1,0 +1,24 @@
+"""What every test that starts a real sshd needs first."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+SSHD = "/usr/sbin/sshd"
+
+
+def sshd_binary() -> str:
+    """The sshd to run, with its privilege-separation folder in place; skips the test when
+    OpenSSH is not installed (.ci/run installs it)."""
+    if not os.path.exists(SSHD) or shutil.which("ssh") is None:
+        pytest.skip("OpenSSH server/client not installed")
+    privsep = Path("/run/sshd")
+    if not privsep.is_dir():
+        if os.geteuid() != 0:
+            pytest.skip("sshd needs /run/sshd, which only root can create")
+        privsep.mkdir(mode=0o755, parents=True)
+    return SSHD
