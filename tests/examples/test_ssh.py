@@ -63,24 +63,13 @@ def test_ssh_login_with_signet_host_and_user_certificates(
     user_cas = _write(tmp_path / "user_ca_keys", trust["ssh-ca.pub"].encode())
     principals = _write(tmp_path / "principals", b"ops\n")
     port, log = free_port(), tmp_path / "sshd.log"
-    config = tmp_path / "sshd_config"
-    config.write_text(
-        f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {host_key}
-HostCertificate {host_cert}
-TrustedUserCAKeys {user_cas}
-AuthorizedPrincipalsFile {principals}
-AuthorizedKeysFile none
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-PidFile {tmp_path / "sshd.pid"}
-LogLevel VERBOSE
-"""
+    config = openssh.write_sshd_config(
+        tmp_path,
+        port=port,
+        host_key=host_key,
+        host_cert=host_cert,
+        user_cas=user_cas,
+        principals=principals,
     )
     checked = subprocess.run(
         [sshd_binary, "-t", "-f", str(config)], capture_output=True, text=True, check=False

@@ -321,24 +321,13 @@ def sshd(kms_ca: CaFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     )
     (root / "principals").write_text(USER_PRINCIPAL + "\n")
     port = _free_port()
-    config = root / "sshd_config"
-    config.write_text(
-        f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {host_key_path}
-HostCertificate {root / "host.key-cert.pub"}
-TrustedUserCAKeys {root / "user_ca_keys"}
-AuthorizedPrincipalsFile {root / "principals"}
-AuthorizedKeysFile none
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-PidFile {root / "sshd.pid"}
-LogLevel VERBOSE
-"""
+    config = openssh.write_sshd_config(
+        root,
+        port=port,
+        host_key=host_key_path,
+        host_cert=root / "host.key-cert.pub",
+        user_cas=root / "user_ca_keys",
+        principals=root / "principals",
     )
     log = root / "sshd.log"
     checked = run([binary, "-t", "-f", str(config)])
