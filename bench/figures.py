@@ -8,25 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import datetime
-import functools
 import itertools
 import math
+import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench.kube import CertificateWatch, CertKey, Kube, api_client, certificate_body
+from bench.kube import CertificateWatch, CertKey, Kube, certificate_body
 from bench.procs import (
     GET_PUBLIC_KEY,
     SIGN,
@@ -37,13 +35,13 @@ from bench.procs import (
     py_spy,
     summarize_collapsed,
 )
-from signet.api import GROUP, VERSION
+from signet.controller.kubeapi import KubeApi
 from signet.kms.cloudkms import CloudKmsSigner, SignLimiter, close_client, create_client
 
 # The operator's defaults (signet run): reconcile workers, signs in flight, API threads.
 OPERATOR_WORKERS = 32
 OPERATOR_SIGNS = 32
-OPERATOR_API_THREADS = 16
+OPERATOR_API_CONNECTIONS = 16
 KMS_KEYS = ("throughput", "latency", "floor", "memory", "storm")
 
 
@@ -176,7 +174,7 @@ def _throughput(env: Env, n: int, namespace: str, floor_ns: str) -> dict[str, An
         "concurrency": {
             "workers": OPERATOR_WORKERS,
             "signs": OPERATOR_SIGNS,
-            "api_threads": OPERATOR_API_THREADS,
+            "api_connections": OPERATOR_API_CONNECTIONS,
         },
         "profile": _profile_summary(spy),
         "_signs_per_certificate": round(signs / n, 3),
@@ -208,22 +206,16 @@ def _floor(env: Env, watch: CertificateWatch, n: int, namespace: str) -> dict[st
 async def _floor_async(
     env: Env, names: list[str], namespace: str, key_version: str, watch: CertificateWatch
 ) -> float:
-    loop = asyncio.get_running_loop()
     client = create_client(env.kms.address)
     signer = CloudKmsSigner(
         client, key_version, limiter=SignLimiter(max_concurrency=OPERATOR_SIGNS)
     )
     await signer.public_key()
-    api = api_client(env.kube.kubeconfig, pool=OPERATOR_API_THREADS)
-    core = kubernetes.client.CoreV1Api(api)
-    custom = kubernetes.client.CustomObjectsApi(api)
-    pool = concurrent.futures.ThreadPoolExecutor(OPERATOR_API_THREADS)
+    os.environ["KUBECONFIG"] = env.kube.kubeconfig  # read by the operator's own login
+    api = KubeApi(connections=OPERATOR_API_CONNECTIONS)
     tbs = b"\x30\x82\x01\x8a" + bytes(390)  # the size of a P-256 leaf's TBSCertificate
     ca_pem = base64.b64encode(bytes(560)).decode()
     todo = list(names)
-
-    async def call(fn: Callable[..., Any], *args: Any) -> None:
-        await loop.run_in_executor(pool, functools.partial(fn, *args, _preload_content=False))
 
     async def worker() -> None:
         while todo:
@@ -244,34 +236,24 @@ async def _floor_async(
                     "ca.crt": ca_pem,
                 },
             }
-            await call(core.create_namespaced_secret, namespace, secret)
+            await api.create_secret(namespace, secret)
             now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             status = {
-                "status": {
-                    "conditions": [
-                        {
-                            "type": "Ready",
-                            "status": "True",
-                            "reason": "Ready",
-                            "message": "floor",
-                            "lastTransitionTime": now,
-                            "observedGeneration": 1,
-                        }
-                    ],
-                    "observedGeneration": 1,
-                    "revision": 1,
-                    "notAfter": now,
-                }
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "Ready",
+                        "message": "floor",
+                        "lastTransitionTime": now,
+                        "observedGeneration": 1,
+                    }
+                ],
+                "observedGeneration": 1,
+                "revision": 1,
+                "notAfter": now,
             }
-            await call(
-                custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                namespace,
-                "certificates",
-                name,
-                status,
-            )
+            await api.patch_status("Certificate", namespace, name, status)
 
     keys = [(namespace, name) for name in names]
     t0 = time.perf_counter()
@@ -284,8 +266,7 @@ async def _floor_async(
             raise TimeoutError("floor Certificates not all seen Ready")
         return max(watch.ready_at[k] for k in keys) - t0
     finally:
-        pool.shutdown()
-        api.close()  # type: ignore[no-untyped-call]
+        await api.close()
         await close_client(client)
 
 

@@ -255,7 +255,35 @@ def proc_memory(pid: int) -> dict[str, float]:
         name, _, rest = line.partition(":")
         if name in ("VmRSS", "VmHWM"):
             values[name] = int(rest.split()[0]) / 1024
-    return {"rss_mib": round(values["VmRSS"], 1), "hwm_mib": round(values["VmHWM"], 1)}
+    return {
+        "rss_mib": round(values["VmRSS"], 1),
+        "hwm_mib": round(values["VmHWM"], 1),
+        "rss_by_mapping_mib": rss_by_mapping(pid),
+    }
+
+
+def rss_by_mapping(pid: int) -> dict[str, float]:
+    """Resident memory by kind of mapping: ``heap`` (brk: the main malloc arena, where
+    Python objects live), ``anonymous`` (other malloc arenas, mmapped blocks, thread
+    stacks), ``files`` (libraries and other mapped files)."""
+    kinds = {"heap": 0, "anonymous": 0, "files": 0, "other": 0}
+    kind = "other"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            name = fields[5] if len(fields) > 5 else ""
+            kind = (
+                "heap"
+                if name == "[heap]"
+                else "anonymous"
+                if not name
+                else "files"
+                if name.startswith("/")
+                else "other"
+            )
+        elif fields[0] == "Rss:":
+            kinds[kind] += int(fields[1])
+    return {name: round(kb / 1024, 1) for name, kb in kinds.items()}
 
 
 def metric_samples(text: str, name: str) -> list[tuple[str, float]]:

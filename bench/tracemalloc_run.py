@@ -9,23 +9,22 @@ how much.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 import tracemalloc
 from pathlib import Path
 from types import FrameType
 
+from signet.controller.main import keep_kubernetes_client_out
+
 
 def main() -> int:
     out = Path(sys.argv[1])
     # Import first: tracing the imports is slow (minutes) and they are a fixed baseline
     # (measure it with `python -c "import signet.controller.handlers"`).
-    for module in (
-        "kopf",
-        "kubernetes.client.api.core_v1_api",  # the client imports these on first use
-        "kubernetes.client.api.custom_objects_api",
-        "signet.controller.handlers",
-    ):
+    keep_kubernetes_client_out()  # as `signet run` does, before kopf is imported
+    for module in ("kopf", "aiohttp", "signet.controller.handlers"):
         importlib.import_module(module)
     from signet.cli import main as signet_main
 
@@ -46,10 +45,25 @@ def main() -> int:
                 lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:8d} blocks")
                 lines.extend(f"    {entry}" for entry in stat.traceback.format()[-depth:])
         with out.open("a") as fh:
-            fh.write("\n".join(lines) + "\n\n")
+            fh.write("\n".join(lines) + "\n## pymalloc (allocated vs. held: fragmentation)\n")
+            fh.flush()
+            _debugmallocstats_to(fh.fileno())
+            fh.write("\n")
 
     signal.signal(signal.SIGUSR1, dump)
     return signet_main(sys.argv[2:])
+
+
+def _debugmallocstats_to(fd: int) -> None:
+    """``sys._debugmallocstats`` writes to the C stderr; point that at ``fd`` meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(fd, 2)
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 if __name__ == "__main__":

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from kubernetes.client import ApiException
 
 from signet import issuance, policy
 from signet.api import GROUP, VERSION, SpecError
 from signet.api.certificate import CertificateSpec, parse_certificate_spec
 from signet.controller import status as st
 from signet.controller.issuers import IssuerController, IssuerId
-from signet.controller.kubeapi import KubeApi, Obj
+from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.controller.trust import TrustPublisher
 from signet.kms.cloudkms import KmsError
 from signet.observe.audit import AuditLog
@@ -414,7 +412,7 @@ class CertificateController:
         revision = int((body.get("status") or {}).get("revision") or 0) + 1
         try:
             written = await self._write_secret(body, spec, material, issued, summary, revision)
-        except ApiException as error:
+        except ApiError as error:
             if error.status in (404, 409):  # someone else wrote or deleted it meanwhile
                 await self._refresh_secret(namespace, spec.secret_name)
                 self._schedule(ident, 0)
@@ -424,8 +422,7 @@ class CertificateController:
                 body,
                 spec,
                 "SecretWriteFailed",
-                f"writing Secret {spec.secret_name!r} failed: HTTP {error.status}: "
-                f"{_api_message(error)}",
+                f"writing Secret {spec.secret_name!r} failed: HTTP {error.status}: {error.message}",
                 retry=not permanent,  # a rejected write fails again: no signature per retry
             )
             return
@@ -554,7 +551,7 @@ class CertificateController:
         }
         try:
             written = await self._api.patch_secret(summary.namespace, summary.name, patch)
-        except ApiException as error:
+        except ApiError as error:
             logger.warning(
                 "could not repair Secret %s/%s: HTTP %s",
                 summary.namespace,
@@ -653,7 +650,7 @@ class CertificateController:
             await self._api.patch_status(
                 "Certificate", metadata["namespace"], metadata["name"], patch
             )
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 404:
                 raise
 
@@ -767,12 +764,3 @@ def _renewal(body: Obj, spec: CertificateSpec, summary: SecretSummary) -> dateti
         summary.not_after,
         spec.renew_before_or_default(),
     )
-
-
-def _api_message(error: ApiException) -> str:
-    """The apiserver's own explanation (a Status message), never the request body."""
-    try:
-        message = json.loads(error.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return str(message or error.reason)[:512]

@@ -15,9 +15,7 @@ import datetime
 import logging
 from typing import Any
 
-from kubernetes.client import ApiException
-
-from signet.controller.kubeapi import KubeApi
+from signet.controller.kubeapi import ApiError, KubeApi
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ class LeaderGate:
     async def _check(self) -> None:
         try:
             body = await self._api.get_peering(self._peering or "", self._namespace)
-        except ApiException as error:
+        except ApiError as error:
             logger.warning("cannot read peering object: HTTP %s; not acting", error.status)
             self.leader = False
             return

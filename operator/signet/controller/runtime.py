@@ -47,7 +47,6 @@ Key = tuple[str, str, str]
 class Config:
     """Read once at startup from flags and environment (see `signet run --help`)."""
 
-    kubeconfig: str | None = None
     namespaces: list[str] = field(default_factory=list)
     kms_emulator: str | None = None
     metrics_port: int = 9402
@@ -58,7 +57,7 @@ class Config:
     peering: str | None = None
     peering_priority: int = 0
     workers: int = 32
-    api_threads: int = 16
+    api_connections: int = 16
     operator_namespace: str = field(
         default_factory=lambda: os.environ.get("SIGNET_NAMESPACE", "signet-system")
     )
@@ -83,7 +82,7 @@ class Runtime:
                 config.max_concurrent_signs + 8, thread_name_prefix="sign"
             )
         )
-        self.api = KubeApi.from_environment(config.kubeconfig, threads=config.api_threads)
+        self.api = KubeApi(connections=config.api_connections)
         self.queue: WorkQueue[Key] = WorkQueue(self._process, workers=config.workers)
         self.metrics = Metrics(queue_depth=lambda: float(self.queue.due))
         self.kms = create_client(config.kms_emulator)
@@ -118,7 +117,8 @@ class Runtime:
         # not mistake "not seen yet" for "missing" and re-issue.
         scopes: list[str | None] = list(config.namespaces) or [None]
         for namespace in scopes:
-            self.certificates.load_secrets(await self.api.list_secrets(layout.SELECTOR, namespace))
+            async for page in self.api.list_secrets(layout.SELECTOR, namespace):
+                self.certificates.load_secrets(page)
         if config.metrics_port:
             self.metrics.serve(config.metrics_port)
         self.leadership = LeaderGate(
@@ -159,7 +159,7 @@ class Runtime:
         await self.queue.stop()
         await self.events.drain()
         await close_client(self.kms)
-        self.api.close()
+        await self.api.close()
 
     async def _process(self, key: Key) -> None:
         self.activity += 1

@@ -12,10 +12,9 @@ import hashlib
 import logging
 
 from cryptography.hazmat.primitives import serialization
-from kubernetes.client import ApiException
 
 from signet.controller.issuers import IssuerId
-from signet.controller.kubeapi import KubeApi
+from signet.controller.kubeapi import ApiError, KubeApi
 from signet.issuance import IssuerMaterial
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ class TrustPublisher:
         }
         try:
             await self._api.apply_configmap(namespace, configmap_name(issuer), labels, data)
-        except ApiException as error:
+        except ApiError as error:
             logger.warning("could not publish trust bundle to %s: HTTP %s", namespace, error.status)
             return
         self._published[(issuer, namespace)] = digest

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +25,13 @@ from signet.pki import keys
 from signet.secrets import layout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SecretSummary:
-    """What the controller needs to know about one Secret, without its key material."""
+    """What the controller needs to know about one Secret, without its key material.
+
+    One is kept per Secret for the operator's life, so it is slotted and its repeated
+    strings (label and annotation names, issuer names, key versions) are interned.
+    """
 
     namespace: str
     name: str
@@ -101,16 +107,12 @@ def summarize(secret: Mapping[str, Any]) -> SecretSummary:
     """Summarise a Secret object as returned by the API (data base64-encoded)."""
     metadata = secret.get("metadata") or {}
     base = SecretSummary(
-        namespace=metadata.get("namespace", ""),
+        namespace=sys.intern(metadata.get("namespace", "")),
         name=metadata.get("name", ""),
         resource_version=str(metadata.get("resourceVersion", "")),
-        secret_type=secret.get("type") or "Opaque",
-        labels=dict(metadata.get("labels") or {}),
-        annotations={
-            key: value
-            for key, value in (metadata.get("annotations") or {}).items()
-            if key not in _DESCRIPTIVE
-        },
+        secret_type=sys.intern(secret.get("type") or "Opaque"),
+        labels=_interned(metadata.get("labels") or {}, skip=frozenset()),
+        annotations=_interned(metadata.get("annotations") or {}, skip=_DESCRIPTIVE),
         owner_uid=_controller_uid(metadata),
     )
     data = secret.get("data") or {}
@@ -119,7 +121,7 @@ def summarize(secret: Mapping[str, Any]) -> SecretSummary:
             return _summarize_ssh(base, data)
         return _summarize_x509(base, data)
     except _Problem as problem:
-        return _with(base, problem=problem.reason, problem_message=problem.message)
+        return dataclasses.replace(base, problem=problem.reason, problem_message=problem.message)
 
 
 class _Problem(Exception):
@@ -128,8 +130,12 @@ class _Problem(Exception):
         self.reason, self.message = reason, message
 
 
-def _with(base: SecretSummary, **changes: Any) -> SecretSummary:
-    return SecretSummary(**{**base.__dict__, **changes})
+def _interned(mapping: Mapping[str, Any], skip: frozenset[str]) -> dict[str, str]:
+    return {
+        sys.intern(key): sys.intern(value)
+        for key, value in mapping.items()
+        if key not in skip and isinstance(value, str)
+    }
 
 
 def _require(data: Mapping[str, Any], secret_type: str) -> dict[str, bytes]:
@@ -163,7 +169,7 @@ def _summarize_x509(base: SecretSummary, data: Mapping[str, Any]) -> SecretSumma
         ca_key_id = aki.key_identifier.hex() if aki.key_identifier else None
     except x509.ExtensionNotFound:
         ca_key_id = None
-    return _with(
+    return dataclasses.replace(
         base,
         serial=format(leaf.serial_number, "x"),
         not_before=leaf.not_valid_before_utc,
@@ -190,7 +196,7 @@ def _summarize_ssh(base: SecretSummary, data: Mapping[str, Any]) -> SecretSummar
     if not keys.private_key_matches(key, certificate):
         raise _Problem("KeyMismatch", "ssh-privatekey does not match ssh-certificate")
     utc = datetime.UTC
-    return _with(
+    return dataclasses.replace(
         base,
         serial=str(certificate.serial),
         not_before=datetime.datetime.fromtimestamp(certificate.valid_after, utc),
