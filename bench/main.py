@@ -148,6 +148,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run the operator under tracemalloc and dump allocation sites in the memory phase",
     )
+    p.add_argument(
+        "--mallocstats",
+        action="store_true",
+        help="like --tracemalloc without tracing: only pymalloc's arena statistics (cheap)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, profiles)")
     for name in ("throughput", "latency-runs", "memory", "unrelated", "storm"):
         p.add_argument(f"--{name}", type=int, help=f"override the {name} size")
@@ -180,8 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_crds(kube)
         kms.start()
         operator = Operator(plane.kubeconfig, kms.address, workdir)
-        if args.tracemalloc:
+        if args.tracemalloc or args.mallocstats:
             operator.tracemalloc_out = workdir / "tracemalloc.txt"
+            operator.trace = args.tracemalloc
         env = Env(kube, kms, operator, workdir, profile=args.profile)
         print(f"signet bench: {'quick' if args.quick else 'full'} {sorted(only)} in {workdir}")
         if only & {"throughput", "latency", "kms"}:

@@ -160,6 +160,8 @@ class Operator:
     folder: Path
     tracemalloc_out: Path | None = None
     """Run under bench/tracemalloc_run.py; :meth:`dump_allocations` appends to this file."""
+    trace: bool = True
+    """With ``tracemalloc_out``: trace allocations (slow), else only pymalloc statistics."""
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     starts: int = 0
@@ -184,7 +186,7 @@ class Operator:
         prefix = [sys.executable, "-m", "signet.cli"]
         if self.tracemalloc_out is not None:
             prefix = [sys.executable, str(ROOT / "bench" / "tracemalloc_run.py")]
-            prefix.append(str(self.tracemalloc_out))
+            prefix += [str(self.tracemalloc_out), "trace" if self.trace else "stats"]
         log = self.folder / f"operator-{self.starts}.log"
         spawned = time.perf_counter()
         with log.open("ab") as out_fh:

@@ -1,9 +1,10 @@
 """Run ``signet`` with tracemalloc on; SIGUSR1 writes the top allocation sites to a file.
 
-``python bench/tracemalloc_run.py OUT.txt run --kubeconfig=...`` is what ``python -m bench
---tracemalloc`` starts instead of ``python -m signet.cli run ...`` (the operator itself is
-unchanged). Tracing costs CPU and memory of its own: use it for where memory goes, not for
-how much.
+``python bench/tracemalloc_run.py OUT.txt trace run --kubeconfig=...`` is what ``python -m
+bench --tracemalloc`` starts instead of ``python -m signet.cli run ...`` (the operator itself
+is unchanged); ``--mallocstats`` passes ``stats`` instead of ``trace`` and only pymalloc's
+arena statistics are written. Tracing costs CPU and memory of its own: use it for where
+memory goes, not for how much.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from signet.controller.main import keep_kubernetes_client_out
 
 
 def main() -> int:
-    out = Path(sys.argv[1])
+    out, mode = Path(sys.argv[1]), sys.argv[2]
     # Import first: tracing the imports is slow (minutes) and they are a fixed baseline
     # (measure it with `python -c "import signet.controller.handlers"`).
     keep_kubernetes_client_out()  # as `signet run` does, before kopf is imported
@@ -28,22 +29,16 @@ def main() -> int:
         importlib.import_module(module)
     from signet.cli import main as signet_main
 
-    tracemalloc.start(10)
+    if mode == "trace":
+        tracemalloc.start(10)
     dumps = 0
 
     def dump(signum: int, frame: FrameType | None) -> None:
         nonlocal dumps
         dumps += 1
-        snapshot = tracemalloc.take_snapshot().filter_traces(
-            (tracemalloc.Filter(False, tracemalloc.__file__),)
-        )
-        current, peak = tracemalloc.get_traced_memory()
-        lines = [f"# dump {dumps}: traced {current / 2**20:.1f} MiB (peak {peak / 2**20:.1f} MiB)"]
-        for title, key, depth in (("by line", "lineno", 1), ("by traceback", "traceback", 10)):
-            lines.append(f"## top 25 {title}")
-            for stat in snapshot.statistics(key)[:25]:
-                lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:8d} blocks")
-                lines.extend(f"    {entry}" for entry in stat.traceback.format()[-depth:])
+        lines = [f"# dump {dumps}"]
+        if tracemalloc.is_tracing():
+            lines += _top_allocations()
         with out.open("a") as fh:
             fh.write("\n".join(lines) + "\n## pymalloc (allocated vs. held: fragmentation)\n")
             fh.flush()
@@ -51,7 +46,21 @@ def main() -> int:
             fh.write("\n")
 
     signal.signal(signal.SIGUSR1, dump)
-    return signet_main(sys.argv[2:])
+    return signet_main(sys.argv[3:])
+
+
+def _top_allocations() -> list[str]:
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        (tracemalloc.Filter(False, tracemalloc.__file__),)
+    )
+    current, peak = tracemalloc.get_traced_memory()
+    lines = [f"traced {current / 2**20:.1f} MiB (peak {peak / 2**20:.1f} MiB)"]
+    for title, key, depth in (("by line", "lineno", 1), ("by traceback", "traceback", 10)):
+        lines.append(f"## top 25 {title}")
+        for stat in snapshot.statistics(key)[:25]:
+            lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:8d} blocks")
+            lines.extend(f"    {entry}" for entry in stat.traceback.format()[-depth:])
+    return lines
 
 
 def _debugmallocstats_to(fd: int) -> None:

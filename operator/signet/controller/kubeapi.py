@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
@@ -43,14 +44,16 @@ class ApiError(Exception):
 def login_from_environment(
     settings: kopf.OperatorSettings | None = None,
 ) -> kopf.ConnectionInfo | None:
-    """In a pod: the projected ServiceAccount token; elsewhere: ``$KUBECONFIG``.
+    """``$KUBECONFIG`` when set (``signet run --kubeconfig`` sets it), else the pod's
+    projected ServiceAccount token, else ``~/.kube/config``.
 
     kopf's watches and Signet's writes log in the same way, with the same identity.
     """
     settings = settings or kopf.OperatorSettings()
-    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
-    )
+    if os.environ.get("KUBECONFIG"):
+        return kopf.login_with_kubeconfig(settings=settings)
+    in_pod = kopf.login_with_service_account(settings=settings)
+    return in_pod or kopf.login_with_kubeconfig(settings=settings)
 
 
 class KubeApi:

@@ -1,4 +1,8 @@
-"""`signet run`: start the operator with kopf, configured from flags and environment."""
+"""`signet run`: start the operator with kopf, configured from flags and environment.
+
+Nothing that imports kopf is imported at module level: `run` must keep the kubernetes
+client out of the process before kopf is loaded (see `keep_kubernetes_client_out`).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ import os
 import secrets
 import sys
 from pathlib import Path
-
-from signet.controller.runtime import Config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Importing registers the handlers with kopf's default registry.
     from signet.controller import handlers
+    from signet.controller.runtime import Config
 
     config = Config(
         namespaces=list(args.namespace),
