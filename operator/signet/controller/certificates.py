@@ -52,29 +52,44 @@ T = TypeVar("T")
 
 class Links(Generic[T]):
     """Each Certificate points at one target (its Secret, its issuer); the reverse map says
-    which Certificates to wake when that target changes."""
+    which Certificates to wake when that target changes.
+
+    A Secret normally has exactly one Certificate, so a lone user is stored as itself and
+    only a shared target gets a set: 10,000 one-element sets would cost 2 MiB.
+    """
 
     def __init__(self) -> None:
         self.targets: dict[CertId, T] = {}
-        self._users: dict[T, set[CertId]] = {}
+        self._users: dict[T, CertId | set[CertId]] = {}
 
     def link(self, cert: CertId, target: T) -> None:
         if self.targets.get(cert) == target:
             return
         self.unlink(cert)
         self.targets[cert] = target
-        self._users.setdefault(target, set()).add(cert)
+        users = self._users.get(target)
+        if users is None:
+            self._users[target] = cert
+        elif isinstance(users, set):
+            users.add(cert)
+        else:
+            self._users[target] = {users, cert}
 
     def unlink(self, cert: CertId) -> None:
         old = self.targets.pop(cert, None)
-        if old is not None:
-            users = self._users[old]
+        if old is None:
+            return
+        users = self._users[old]
+        if isinstance(users, set) and len(users) > 1:
             users.discard(cert)
-            if not users:
-                del self._users[old]
+        else:
+            del self._users[old]
 
     def users(self, target: T) -> list[CertId]:
-        return list(self._users.get(target, ()))
+        users = self._users.get(target)
+        if users is None:
+            return []
+        return list(users) if isinstance(users, set) else [users]
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from prometheus_client.registry import Collector
 CertKey = tuple[str, str]
 
 
-@dataclass
+@dataclass(slots=True)
 class CertificateRecord:
+    """One per Certificate for the operator's life, hence slotted."""
+
     issuer_name: str
     issuer_kind: str
     ready: str = "Unknown"
