@@ -13,6 +13,8 @@ import importlib
 import os
 import signal
 import sys
+import threading
+import time
 import tracemalloc
 from pathlib import Path
 from types import FrameType
@@ -29,8 +31,10 @@ def main() -> int:
         importlib.import_module(module)
     from signet.cli import main as signet_main
 
+    at_peak: list[str] = []
     if mode == "trace":
         tracemalloc.start(10)
+        threading.Thread(target=_follow_peak, args=(at_peak,), daemon=True).start()
     dumps = 0
 
     def dump(signum: int, frame: FrameType | None) -> None:
@@ -39,6 +43,7 @@ def main() -> int:
         lines = [f"# dump {dumps}"]
         if tracemalloc.is_tracing():
             lines += _top_allocations()
+            lines += ["# near the peak of this process", *at_peak]
         with out.open("a") as fh:
             fh.write("\n".join(lines) + "\n## pymalloc (allocated vs. held: fragmentation)\n")
             fh.flush()
@@ -47,6 +52,18 @@ def main() -> int:
 
     signal.signal(signal.SIGUSR1, dump)
     return signet_main(sys.argv[3:])
+
+
+def _follow_peak(into: list[str], interval: float = 0.5) -> None:
+    """Keep the allocation sites of the largest heap seen, sampled every ``interval``
+    (a snapshot whenever traced memory grew 10% past the last one): what a burst holds."""
+    kept = 0
+    while True:
+        time.sleep(interval)
+        current, _ = tracemalloc.get_traced_memory()
+        if current > kept * 1.1:
+            into[:] = _top_allocations()
+            kept = current
 
 
 def _top_allocations() -> list[str]:

@@ -178,7 +178,10 @@ class CertificateController:
         if not busy and self._settled(ident, body):
             self.pending.pop(ident, None)
             return None
-        self.pending[ident] = body
+        # Parked until a worker takes it (at a cold start, thousands at once): without the
+        # apiserver's field-ownership bookkeeping, which is most of a body's small objects.
+        metadata = {key: value for key, value in metadata.items() if key != "managedFields"}
+        self.pending[ident] = {**body, "metadata": metadata}
         return ident
 
     def _settled(self, ident: CertId, body: Obj) -> bool:

@@ -16,11 +16,15 @@ import kopf
 from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
 from signet.api import GROUP, VERSION
-from signet.controller.kubeapi import login_from_environment
+from signet.controller.kubeapi import login_from_environment, open_session
+from signet.controller.pacing import ListPacer
 from signet.controller.runtime import Config, Runtime
 from signet.secrets import layout
 
 logger = logging.getLogger(__name__)
+
+LIST_PAGE = 50
+"""Objects per list request (kopf's ``chunk_size``), and the pacer's unit."""
 
 
 class EventOnlyMemories(ResourceMemories):
@@ -52,8 +56,21 @@ def _runtime(memo: kopf.Memo) -> Runtime:
 
 
 @kopf.on.login()
-def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
-    return login_from_environment(settings)
+async def login(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any
+) -> kopf.AiohttpSession | None:
+    """Signet's credentials (`login_from_environment`) in a session of its own making, so
+    the list pacer can hold kopf's listings back (see `signet.controller.pacing`)."""
+    info = login_from_environment(settings)
+    if info is None:
+        return None
+    pacer: ListPacer = memo["pacer"]
+    return kopf.AiohttpSession(
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        aiohttp_session=open_session(info, trace_configs=[pacer.trace_config()]),
+    )
 
 
 @kopf.on.startup()
@@ -63,11 +80,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    # List in chunks: one 10,000-object list parsed at once is the operator's memory peak.
-    settings.watching.chunk_size = 200
-    # kopf runs one worker task per object with events in flight; bounding them makes the
-    # watch stream wait instead of buffering 10,000 bodies at startup. Handlers return in
-    # microseconds, so workers may exit almost at once and free their slot.
+    # List in pages, and (the pacer) take the next page only once this one is handled:
+    # 10,000 objects parsed at once would be the operator's memory peak.
+    settings.watching.chunk_size = LIST_PAGE
+    # Per-object worker tasks; handlers return in microseconds, so workers may exit almost
+    # at once and free their slot.
     settings.queueing.worker_limit = 200
     settings.queueing.idle_timeout = 0.1
     settings.networking.request_timeout = 60
@@ -87,7 +104,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, "certificates")
 async def certificate(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _runtime(memo).certificate_event(event.get("type"), dict(event["object"]))
+    body = event["object"]
+    memo["pacer"].handled("certificates", body["metadata"].get("namespace"))
+    _runtime(memo).certificate_event(event.get("type"), dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "issuers")
@@ -98,7 +117,9 @@ async def issuer(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event("v1", "secrets")
 async def secret(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _runtime(memo).secret_event(event.get("type"), dict(event["object"]))
+    body = event["object"]
+    memo["pacer"].handled("secrets", body["metadata"].get("namespace"))
+    _runtime(memo).secret_event(event.get("type"), dict(body))
 
 
 @kopf.on.event("v1", "namespaces")

@@ -56,6 +56,25 @@ def login_from_environment(
     return in_pod or kopf.login_with_kubeconfig(settings=settings)
 
 
+def open_session(
+    info: kopf.ConnectionInfo,
+    *,
+    connections: int = 0,
+    timeout: aiohttp.ClientTimeout | None = None,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
+) -> aiohttp.ClientSession:
+    """An aiohttp session speaking to the apiserver as ``info`` says (TLS, credentials,
+    proxy); what kopf builds for itself, shared here so both sides connect alike."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections, ssl=info.as_ssl_context()),
+        headers={**info.as_http_headers(), "User-Agent": "signet"},
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+        timeout=timeout or aiohttp.ClientTimeout(total=None),
+        trace_configs=trace_configs,
+    )
+
+
 class KubeApi:
     def __init__(
         self,
@@ -76,13 +95,7 @@ class KubeApi:
         if info is None:
             raise RuntimeError("no Kubernetes credentials: no ServiceAccount token, no kubeconfig")
         self._server = info.server.rstrip("/")
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._connections, ssl=info.as_ssl_context()),
-            headers={**info.as_http_headers(), "User-Agent": "signet"},
-            proxy=info.proxy_url,
-            trust_env=info.trust_env,
-            timeout=self._timeout,
-        )
+        self._session = open_session(info, connections=self._connections, timeout=self._timeout)
         return self._session
 
     async def close(self) -> None:

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Importing registers the handlers with kopf's default registry.
     from signet.controller import handlers
+    from signet.controller.pacing import ListPacer
     from signet.controller.runtime import Config
 
     config = Config(
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz"
         if args.health_port
         else None,
-        memo=kopf.Memo(config=config),
+        memo=kopf.Memo(config=config, pacer=ListPacer(handlers.LIST_PAGE)),
         memories=handlers.EventOnlyMemories(),
     )
     return 0

@@ -1,0 +1,87 @@
+"""Hold kopf's next list page back until the handlers have taken the previous one.
+
+kopf lists a resource a page at a time (``settings.watching.chunk_size``) but hands every
+listed object to a per-object worker queue without waiting for the workers: the listing
+runs ahead of the handling. At a restart over 10,000 Certificates and their Secrets most
+of both listings is parsed and parked at once, tens of MiB of small dicts and strings
+that Python's allocator cannot give back afterwards because Signet's long-lived state was
+allocated between them. Pacing keeps at most about a page in flight per listing.
+
+It plugs into kopf through its documented extension point, a custom aiohttp session
+(`kopf.AiohttpSession`), as a trace hook that runs before each request: a request for a
+further page (one with a ``continue`` token) waits until the handlers have counted a
+page's worth of events for that resource and namespace since the previous page arrived,
+or until ``patience`` runs out, so a short page can never stall a listing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from types import SimpleNamespace
+
+import aiohttp
+from yarl import URL
+
+Scope = tuple[str, str | None]
+"""(plural, namespace or None for a cluster-wide listing)."""
+
+
+def list_scope(url: URL) -> Scope | None:
+    """The scope of a list request (not a watch), from its URL; None for anything else."""
+    if "limit" not in url.query or url.query.get("watch") in ("true", "1"):
+        return None
+    parts = url.path.strip("/").split("/")
+    namespace = parts[parts.index("namespaces") + 1] if "namespaces" in parts[:-1] else None
+    return parts[-1], namespace
+
+
+class ListPacer:
+    def __init__(self, page: int, patience: float = 2.0) -> None:
+        self.page = page
+        self.patience = patience
+        self._handled: Counter[Scope] = Counter()
+        self._received_at: dict[Scope, int] = {}
+        self._waiting: dict[Scope, tuple[int, asyncio.Event]] = {}
+        self.waits = 0
+        """Requests held back so far (for tests and curiosity)."""
+
+    def handled(self, plural: str, namespace: str | None) -> None:
+        """One watch event of ``plural`` in ``namespace`` reached a handler."""
+        for scope in ((plural, namespace), (plural, None)):
+            self._handled[scope] += 1
+            waiting = self._waiting.get(scope)
+            if waiting is not None and self._handled[scope] >= waiting[0]:
+                waiting[1].set()
+
+    def trace_config(self) -> aiohttp.TraceConfig:
+        config = aiohttp.TraceConfig()
+        config.on_request_start.append(self._before_request)
+        config.on_request_end.append(self._after_response)
+        return config
+
+    async def _before_request(
+        self, _: aiohttp.ClientSession, __: SimpleNamespace, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        scope = list_scope(params.url)
+        if scope is None or "continue" not in params.url.query:
+            return
+        target = self._received_at.get(scope, 0) + self.page
+        if self._handled[scope] >= target:
+            return
+        arrived = asyncio.Event()
+        self._waiting[scope] = (target, arrived)
+        self.waits += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), self.patience)
+        finally:
+            self._waiting.pop(scope, None)
+
+    async def _after_response(
+        self, _: aiohttp.ClientSession, __: SimpleNamespace, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        scope = list_scope(params.url)
+        if scope is not None:
+            self._received_at[scope] = self._handled[scope]
