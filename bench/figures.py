@@ -211,7 +211,7 @@ async def _floor_async(
         client, key_version, limiter=SignLimiter(max_concurrency=OPERATOR_SIGNS)
     )
     await signer.public_key()
-    os.environ["KUBECONFIG"] = env.kube.kubeconfig  # read by the operator's own login
+    os.environ["KUBECONFIG"] = str(env.kube.kubeconfig)  # read by the operator's own login
     api = KubeApi(connections=OPERATOR_API_CONNECTIONS)
     tbs = b"\x30\x82\x01\x8a" + bytes(390)  # the size of a P-256 leaf's TBSCertificate
     ca_pem = base64.b64encode(bytes(560)).decode()

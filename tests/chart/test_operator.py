@@ -158,7 +158,9 @@ def test_signet_run_as_the_chart_service_account_issues_a_certificate(
         )
         time.sleep(1)  # let any trailing request (events) fail loudly if it must
         logged = log.read_text()
-        for forbidden in ("403", "Forbidden", "forbidden"):
+        # Signet's ApiError says "HTTP 403 Forbidden"; kopf's APIForbiddenError and the
+        # apiserver's Status message say "forbidden". (A bare "403" also matches timestamps.)
+        for forbidden in ("HTTP 403", "Forbidden", "forbidden"):
             assert forbidden not in logged, f"RBAC denial in operator log:\n{logged[-3000:]}"
     finally:
         operator.terminate()

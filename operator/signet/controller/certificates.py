@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 CertId = tuple[str, str]
 SecretId = tuple[str, str]
 RENEW_ANNOTATION = "signet.dev/renew-requested-at"
+PARKED_BODIES = 1000
+"""Watched bodies kept for the reconcile pass; past this, a pass GETs its Certificate."""
 T = TypeVar("T")
 
 
@@ -178,10 +180,12 @@ class CertificateController:
         if not busy and self._settled(ident, body):
             self.pending.pop(ident, None)
             return None
-        # Parked until a worker takes it (at a cold start, thousands at once): without the
-        # apiserver's field-ownership bookkeeping, which is most of a body's small objects.
-        metadata = {key: value for key, value in metadata.items() if key != "managedFields"}
-        self.pending[ident] = {**body, "metadata": metadata}
+        # Parked until a worker takes it, which saves the pass a GET; without the
+        # apiserver's field-ownership bookkeeping, most of a body's small objects. A cold
+        # start over thousands parks only the first PARKED_BODIES and reads the rest.
+        if len(self.pending) < PARKED_BODIES or ident in self.pending:
+            metadata = {key: value for key, value in metadata.items() if key != "managedFields"}
+            self.pending[ident] = {**body, "metadata": metadata}
         return ident
 
     def _settled(self, ident: CertId, body: Obj) -> bool:
