@@ -6,6 +6,7 @@ turning responses into model objects; it shares two cores with everything it mea
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import contextlib
@@ -22,6 +23,7 @@ import kubernetes
 from kubernetes.client import ApiException
 
 from signet.api import GROUP, VERSION
+from signet.controller.kubeapi import KubeApi
 from signet.secrets import layout
 
 Obj = dict[str, Any]
@@ -89,6 +91,32 @@ class Kube:
                 return
             time.sleep(0.1)
         raise TimeoutError(f"Issuer {namespace}/{name} not Ready after {timeout}s")
+
+    def create_certificates_at_once(self, bodies: Sequence[Obj], concurrency: int = 32) -> float:
+        """POST every Certificate concurrently through one aiohttp session (the operator's
+        own client); returns the wall seconds. The thread pool of :meth:`parallel` spent
+        ~2.6 s of the machine's two cores on 500 creates, competing with what is measured."""
+        os.environ["KUBECONFIG"] = str(self.kubeconfig)
+
+        async def create_all() -> None:
+            api = KubeApi(connections=concurrency)
+            slots = asyncio.Semaphore(concurrency)
+
+            async def create(body: Obj) -> None:
+                namespace = body["metadata"]["namespace"]
+                async with slots:
+                    await api.request(
+                        "POST", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/certificates", body
+                    )
+
+            try:
+                await asyncio.gather(*(create(body) for body in bodies))
+            finally:
+                await api.close()
+
+        start = time.perf_counter()
+        asyncio.run(create_all())
+        return time.perf_counter() - start
 
     def parallel(self, fn: Callable[[Any], object], items: Iterable[Any]) -> float:
         """Run ``fn`` over ``items`` on ``threads`` threads; returns the wall seconds."""

@@ -35,3 +35,8 @@ def test_event_only_memories_keep_nothing() -> None:
     assert first is not second
     assert first.memo["config"] == "shared"  # type: ignore[attr-defined]
     assert list(memories.iter_all_memories()) == []
+
+
+def test_no_essence_is_built_for_change_detection() -> None:
+    body = kopf.Body({"metadata": {"name": "web"}, "data": {"tls.key": "S0VZ"}})
+    assert handlers.NoEssence().build(body=body) == {}

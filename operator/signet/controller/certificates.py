@@ -448,7 +448,7 @@ class CertificateController:
                 retry=not permanent,  # a rejected write fails again: no signature per retry
             )
             return
-        summary = summarize(written)
+        summary = summarize(written, written_by_us=True)
         self.secrets[(namespace, spec.secret_name)] = summary
         self._failures.pop(ident, None)
         self._audit.record(
@@ -468,6 +468,9 @@ class CertificateController:
             **issued.audit,
         )
         self._metrics.issuances.labels("success", decision.reason).inc()
+        due = _renewal(body, spec, summary)
+        desired = self._ready_status(body, spec, summary, due, trigger=decision, revision=revision)
+        await self._patch_status(body, desired)  # first: Ready is what users wait for
         self._events.post(
             body,
             type="Normal",
@@ -475,9 +478,6 @@ class CertificateController:
             message=f"issued serial {issued.serial} ({decision.reason}: {decision.message}), "
             f"valid until {st.timestamp(issued.not_after)}",
         )
-        due = _renewal(body, spec, summary)
-        desired = self._ready_status(body, spec, summary, due, trigger=decision, revision=revision)
-        await self._patch_status(body, desired)
         self._schedule(ident, (due - _now()).total_seconds())
         await self._trust.publish(issuer_ident, material, namespace)
 

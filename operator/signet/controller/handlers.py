@@ -55,6 +55,15 @@ def _runtime(memo: kopf.Memo) -> Runtime:
     return runtime
 
 
+class NoEssence(kopf.AnnotationsDiffBaseStorage):
+    """kopf derives each watched body's "essence" (a deep copy) to find what changed, for
+    change handlers. Signet has none, so the copy was pure cost: 7% of the operator's CPU
+    while issuing 500 Certificates, and a copy of every Secret's private key."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return {}
+
+
 @kopf.on.login()
 async def login(
     settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any
@@ -76,6 +85,7 @@ async def login(
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.enabled = False  # Signet posts its own Events (signet.observe.events)
+    settings.persistence.diffbase_storage = NoEssence()
     settings.watching.label_selectors["v1", "secrets"] = layout.SELECTOR
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

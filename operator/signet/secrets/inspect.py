@@ -103,8 +103,13 @@ _DESCRIPTIVE = frozenset(
 for them, so summaries (one per Secret, kept for the operator's life) leave them out."""
 
 
-def summarize(secret: Mapping[str, Any]) -> SecretSummary:
-    """Summarise a Secret object as returned by the API (data base64-encoded)."""
+def summarize(secret: Mapping[str, Any], *, written_by_us: bool = False) -> SecretSummary:
+    """Summarise a Secret object as returned by the API (data base64-encoded).
+
+    ``written_by_us``: the answer to Signet's own write of a key it generated for this very
+    certificate; loading the key back to prove it matches would cost a PEM parse per
+    issuance and prove nothing. Every other Secret (watched, listed) is checked in full.
+    """
     metadata = secret.get("metadata") or {}
     base = SecretSummary(
         namespace=sys.intern(metadata.get("namespace", "")),
@@ -118,8 +123,8 @@ def summarize(secret: Mapping[str, Any]) -> SecretSummary:
     data = secret.get("data") or {}
     try:
         if base.secret_type == layout.SSH_TYPE:
-            return _summarize_ssh(base, data)
-        return _summarize_x509(base, data)
+            return _summarize_ssh(base, data, check_key=not written_by_us)
+        return _summarize_x509(base, data, check_key=not written_by_us)
     except _Problem as problem:
         return dataclasses.replace(base, problem=problem.reason, problem_message=problem.message)
 
@@ -148,7 +153,9 @@ def _require(data: Mapping[str, Any], secret_type: str) -> dict[str, bytes]:
     return values
 
 
-def _summarize_x509(base: SecretSummary, data: Mapping[str, Any]) -> SecretSummary:
+def _summarize_x509(
+    base: SecretSummary, data: Mapping[str, Any], *, check_key: bool
+) -> SecretSummary:
     if base.secret_type != layout.TLS_TYPE:
         raise _Problem("InvalidType", f"Secret type is {base.secret_type!r}, not kubernetes.io/tls")
     values = _require(data, layout.TLS_TYPE)
@@ -158,12 +165,13 @@ def _summarize_x509(base: SecretSummary, data: Mapping[str, Any]) -> SecretSumma
     except ValueError:
         raise _Problem("InvalidCertificate", "tls.crt or ca.crt is not a PEM certificate") from None
     leaf = chain[0]
-    try:
-        key = keys.load_private_key(values[layout.TLS_KEY])
-    except ValueError:
-        raise _Problem("InvalidKey", "tls.key is not a usable private key") from None
-    if not keys.private_key_matches(key, leaf):
-        raise _Problem("KeyMismatch", "tls.key does not match the certificate in tls.crt")
+    if check_key:
+        try:
+            key = keys.load_private_key(values[layout.TLS_KEY])
+        except ValueError:
+            raise _Problem("InvalidKey", "tls.key is not a usable private key") from None
+        if not keys.private_key_matches(key, leaf):
+            raise _Problem("KeyMismatch", "tls.key does not match the certificate in tls.crt")
     try:
         aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
         ca_key_id = aki.key_identifier.hex() if aki.key_identifier else None
@@ -179,7 +187,9 @@ def _summarize_x509(base: SecretSummary, data: Mapping[str, Any]) -> SecretSumma
     )
 
 
-def _summarize_ssh(base: SecretSummary, data: Mapping[str, Any]) -> SecretSummary:
+def _summarize_ssh(
+    base: SecretSummary, data: Mapping[str, Any], *, check_key: bool
+) -> SecretSummary:
     values = _require(data, layout.SSH_TYPE)
     try:
         certificate = serialization.load_ssh_public_identity(values[layout.SSH_CERTIFICATE])
@@ -189,12 +199,13 @@ def _summarize_ssh(base: SecretSummary, data: Mapping[str, Any]) -> SecretSummar
         ) from None
     if not isinstance(certificate, serialization.SSHCertificate):
         raise _Problem("InvalidCertificate", "ssh-certificate holds a plain key, not a certificate")
-    try:
-        key = keys.load_private_key(values[layout.SSH_PRIVATE_KEY])
-    except ValueError:
-        raise _Problem("InvalidKey", "ssh-privatekey is not a usable private key") from None
-    if not keys.private_key_matches(key, certificate):
-        raise _Problem("KeyMismatch", "ssh-privatekey does not match ssh-certificate")
+    if check_key:
+        try:
+            key = keys.load_private_key(values[layout.SSH_PRIVATE_KEY])
+        except ValueError:
+            raise _Problem("InvalidKey", "ssh-privatekey is not a usable private key") from None
+        if not keys.private_key_matches(key, certificate):
+            raise _Problem("KeyMismatch", "ssh-privatekey does not match ssh-certificate")
     utc = datetime.UTC
     return dataclasses.replace(
         base,
