@@ -77,6 +77,8 @@ def test_custom_object_round_trip_and_watch(crds: Kube, namespace: str) -> None:
             VERSION,
             namespace,
             "issuers",
+            # From the created version: the patch below may land before the watch is up.
+            resource_version=got["metadata"]["resourceVersion"],
             timeout_seconds=20,
         ):
             labels = event["object"]["metadata"].get("labels") or {}
