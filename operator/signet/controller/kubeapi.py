@@ -151,14 +151,12 @@ class KubeApi:
         return await self.request("PATCH", path, {"status": status}, content_type=MERGE_PATCH)
 
     async def get_peering(self, name: str, namespace: str | None) -> Obj | None:
-        plural = "kopfpeerings" if namespace else "clusterkopfpeerings"
+        _, plural = _peering_kind(namespace)
         return await self._get_or_none(_custom_path("kopf.dev", "v1", plural, namespace, name))
 
     async def create_peering(self, name: str, namespace: str | None) -> bool:
         """Create kopf's peering object; False if it already exists."""
-        kind, plural = ("KopfPeering", "kopfpeerings")
-        if not namespace:
-            kind, plural = ("ClusterKopfPeering", "clusterkopfpeerings")
+        kind, plural = _peering_kind(namespace)
         body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": name}}
         try:
             await self.request("POST", _custom_path("kopf.dev", "v1", plural, namespace), body)
@@ -230,6 +228,13 @@ class KubeApi:
 
     async def create_event(self, namespace: str, body: Obj) -> None:
         await self.request("POST", _core_path("events", namespace), body)
+
+
+def _peering_kind(namespace: str | None) -> tuple[str, str]:
+    """kopf's peering object: namespaced for a namespaced operator, else cluster-wide."""
+    if namespace:
+        return "KopfPeering", "kopfpeerings"
+    return "ClusterKopfPeering", "clusterkopfpeerings"
 
 
 def _core_path(plural: str, namespace: str | None, name: str | None = None) -> str:

@@ -153,6 +153,20 @@ def _require(data: Mapping[str, Any], secret_type: str) -> dict[str, bytes]:
     return values
 
 
+def _require_matching_key(
+    values: Mapping[str, bytes],
+    field: str,
+    certificate: x509.Certificate | serialization.SSHCertificate,
+    described: str,
+) -> None:
+    try:
+        key = keys.load_private_key(values[field])
+    except ValueError:
+        raise _Problem("InvalidKey", f"{field} is not a usable private key") from None
+    if not keys.private_key_matches(key, certificate):
+        raise _Problem("KeyMismatch", f"{field} does not match {described}")
+
+
 def _summarize_x509(
     base: SecretSummary, data: Mapping[str, Any], *, check_key: bool
 ) -> SecretSummary:
@@ -166,12 +180,7 @@ def _summarize_x509(
         raise _Problem("InvalidCertificate", "tls.crt or ca.crt is not a PEM certificate") from None
     leaf = chain[0]
     if check_key:
-        try:
-            key = keys.load_private_key(values[layout.TLS_KEY])
-        except ValueError:
-            raise _Problem("InvalidKey", "tls.key is not a usable private key") from None
-        if not keys.private_key_matches(key, leaf):
-            raise _Problem("KeyMismatch", "tls.key does not match the certificate in tls.crt")
+        _require_matching_key(values, layout.TLS_KEY, leaf, "the certificate in tls.crt")
     try:
         aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
         ca_key_id = aki.key_identifier.hex() if aki.key_identifier else None
@@ -200,12 +209,7 @@ def _summarize_ssh(
     if not isinstance(certificate, serialization.SSHCertificate):
         raise _Problem("InvalidCertificate", "ssh-certificate holds a plain key, not a certificate")
     if check_key:
-        try:
-            key = keys.load_private_key(values[layout.SSH_PRIVATE_KEY])
-        except ValueError:
-            raise _Problem("InvalidKey", "ssh-privatekey is not a usable private key") from None
-        if not keys.private_key_matches(key, certificate):
-            raise _Problem("KeyMismatch", "ssh-privatekey does not match ssh-certificate")
+        _require_matching_key(values, layout.SSH_PRIVATE_KEY, certificate, "ssh-certificate")
     utc = datetime.UTC
     return dataclasses.replace(
         base,
