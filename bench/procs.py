@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import signet
 from signet.devcluster.controlplane import free_port
@@ -246,12 +247,12 @@ class Operator:
             text: str = response.read().decode()
             return text
 
-    def memory(self) -> dict[str, float]:
+    def memory(self) -> dict[str, Any]:
         """VmRSS and VmHWM (peak) of the operator process in MiB."""
         return proc_memory(self.pid)
 
 
-def proc_memory(pid: int) -> dict[str, float]:
+def proc_memory(pid: int) -> dict[str, Any]:
     values: dict[str, float] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, rest = line.partition(":")
@@ -288,6 +289,48 @@ def rss_by_mapping(pid: int) -> dict[str, float]:
     return {name: round(kb / 1024, 1) for name, kb in kinds.items()}
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_named(*names: str) -> dict[str, int]:
+    """The first process whose executable is called each of ``names`` (etcd, kube-apiserver)."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        except OSError:
+            continue
+        name = Path(argv0).name
+        if name in names and name not in found:
+            found[name] = int(entry.name)
+    return found
+
+
+class CpuMeter:
+    """CPU seconds each process spent between ``start`` and ``stop``: on a small machine the
+    operator, the apiserver and etcd share the cores, so where a timed window's CPU went
+    says more than its length."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._start: dict[str, float] = {}
+        self._used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._start = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        self._used = {
+            name: round(cpu_seconds(pid) - self._start[name], 2) for name, pid in self._pids.items()
+        }
+        return self._used
+
+
 def metric_samples(text: str, name: str) -> list[tuple[str, float]]:
     """``(labels, value)`` of every sample of ``name`` in Prometheus text format."""
     samples = []
@@ -306,7 +349,7 @@ def metric_sum(text: str, name: str) -> float:
 
 
 @contextlib.contextmanager
-def py_spy(pid: int, out: Path | None, rate: int = 50) -> Iterator[None]:
+def py_spy(pid: int, out: Path | None, rate: int = 100) -> Iterator[None]:
     """Sample ``pid`` with py-spy (collapsed stacks) for the duration of the block. Only
     the thread holding the GIL is sampled (``--gil``), so shares are of CPU, not of
     threads waiting on sockets or queues."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -39,9 +40,16 @@ class IssuerMaterial:
     ssh_ca_line: str | None
 
     def ca_key_id(self, ssh: bool) -> str | None:
-        """How a Secret's certificate names its signer; see SecretSummary.ca_key_id."""
-        if ssh:
-            return keys.openssh_fingerprint(self.kms_key.public_key)
+        """How a Secret's certificate names its signer; see SecretSummary.ca_key_id.
+        Asked on every reconcile, so worked out once per material."""
+        return self._ssh_ca_key_id if ssh else self._x509_ca_key_id
+
+    @functools.cached_property
+    def _ssh_ca_key_id(self) -> str:
+        return keys.openssh_fingerprint(self.kms_key.public_key)
+
+    @functools.cached_property
+    def _x509_ca_key_id(self) -> str | None:
         if self.chain is None:
             return None
         ski = self.chain.issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)

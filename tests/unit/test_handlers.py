@@ -37,6 +37,18 @@ def test_event_only_memories_keep_nothing() -> None:
     assert list(memories.iter_all_memories()) == []
 
 
-def test_no_essence_is_built_for_change_detection() -> None:
-    body = kopf.Body({"metadata": {"name": "web"}, "data": {"tls.key": "S0VZ"}})
-    assert handlers.NoEssence().build(body=body) == {}
+def test_no_essence_is_built_or_read_back_for_change_detection() -> None:
+    stored = '{"spec": {"old": true}}'
+    body = kopf.Body(
+        {
+            "metadata": {
+                "name": "web",
+                "annotations": {"kopf.zalando.org/last-handled-configuration": stored},
+            },
+            "data": {"tls.key": "S0VZ"},
+        }
+    )
+    storage = handlers.NoEssence()
+    assert kopf.AnnotationsDiffBaseStorage().fetch(body=body) == {"spec": {"old": True}}
+    assert storage.fetch(body=body) is None
+    assert storage.build(body=body) is None

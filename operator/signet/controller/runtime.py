@@ -87,7 +87,11 @@ class Runtime:
         self.metrics = Metrics(queue_depth=lambda: float(self.queue.due))
         self.kms = create_client(config.kms_emulator)
         self.limiter = SignLimiter(config.sign_qps, max_concurrency=config.max_concurrent_signs)
-        self.events = EventPoster(self.api, home_namespace=config.operator_namespace)
+        self.events = EventPoster(
+            self.api,
+            home_namespace=config.operator_namespace,
+            dropped=self.metrics.events_dropped.inc,
+        )
         self.audit = AuditLog(config.audit_log)
         self.issuers = IssuerController(
             self.api,

@@ -101,6 +101,11 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
+        self.events_dropped = Counter(
+            "signet_events_dropped",
+            "Kubernetes Events not posted because too many were already queued.",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "signet_workqueue_depth",
             "Keys due for processing that no worker has taken yet.",
