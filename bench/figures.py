@@ -39,6 +39,7 @@ from bench.procs import (
 )
 from signet.controller.kubeapi import KubeApi
 from signet.kms.cloudkms import CloudKmsSigner, SignLimiter, close_client, create_client
+from signet.secrets import layout
 
 # The operator's defaults (signet run): reconcile workers, signs in flight, API threads.
 OPERATOR_WORKERS = 32
@@ -152,7 +153,11 @@ def _throughput(env: Env, n: int, namespace: str, floor_ns: str) -> dict[str, An
     with _watch(env, [namespace, floor_ns]) as watch:
         _wait_api_quiet(env)
         since = time.time()
-        with _window(env) as spent, py_spy(env.operator.pid, spy := env.spy("throughput")):
+        expect_s = n / 150
+        with (
+            _window(env, "throughput", expect_s) as spent,
+            py_spy(env.operator.pid, spy := env.spy("throughput")),
+        ):
             t0 = time.perf_counter()
             create_s = env.kube.create_certificates_at_once(
                 [certificate_body(namespace, name) for name in names]
@@ -163,8 +168,9 @@ def _throughput(env: Env, n: int, namespace: str, floor_ns: str) -> dict[str, An
             operator_s = max(watch.ready_at[k] for k in keys) - t0
         until = time.time()
         signs = env.kms.count(SIGN, key="throughput", since=since, until=until)
-        floor = _floor(env, watch, n, floor_ns, precreated=False)
-        precreated = _floor(env, watch, n, floor_ns, precreated=True)
+        wrote = env.kube.certificate_and_secret(namespace, names[0])
+        floor = _floor(env, watch, n, floor_ns, wrote, precreated=False)
+        precreated = _floor(env, watch, n, floor_ns, wrote, precreated=True)
     return {
         "certificates": n,
         "create_s": round(create_s, 2),
@@ -189,9 +195,19 @@ def _throughput(env: Env, n: int, namespace: str, floor_ns: str) -> dict[str, An
 
 
 @contextmanager
-def _window(env: Env) -> Iterator[dict[str, Any]]:
+def _window(env: Env, name: str, expect_s: float) -> Iterator[dict[str, Any]]:
     """Fill the yielded dict with the CPU seconds each process spent in the block and the
-    apiserver requests it served (by verb and resource; the harness's watch included)."""
+    apiserver requests it served (by verb and resource; the harness's watch included).
+    With ``--profile``, also a Go CPU profile of the apiserver over the block's first
+    ``expect_s`` seconds (``apiserver-<name>.pprof``, for ``go tool pprof``)."""
+    profiler = None
+    if env.profile:
+        out = env.workdir / f"apiserver-{name}.pprof"
+        seconds = max(1, int(expect_s))
+        profiler = threading.Thread(
+            target=lambda: out.write_bytes(env.kube.apiserver_profile(seconds)), daemon=True
+        )
+        profiler.start()
     pids = {
         "operator": env.operator.pid,
         "kms_emulator": env.kms.pid,
@@ -204,6 +220,8 @@ def _window(env: Env) -> Iterator[dict[str, Any]]:
     spent: dict[str, Any] = {}
     yield spent
     spent["cpu_s"] = meter.stop()
+    if profiler is not None:
+        profiler.join()
     after = env.kube.apiserver_requests()
     requests = {k: int(v - before.get(k, 0.0)) for k, v in after.items()}
     ranked = sorted(((k, v) for k, v in requests.items() if v), key=lambda kv: -kv[1])
@@ -211,10 +229,19 @@ def _window(env: Env) -> Iterator[dict[str, Any]]:
 
 
 def _floor(
-    env: Env, watch: CertificateWatch, n: int, namespace: str, *, precreated: bool
+    env: Env,
+    watch: CertificateWatch,
+    n: int,
+    namespace: str,
+    wrote: tuple[Obj, Obj],
+    *,
+    precreated: bool,
 ) -> dict[str, Any]:
     """The same end state by the shortest path: per Certificate one P-256 key, one
     signature, one Secret create and one status patch, at the operator's concurrency.
+    ``wrote`` is a Certificate and Secret the operator wrote in this run: the floor's
+    Secrets and statuses have the same fields and sizes, since the apiserver's cost of a
+    write grows with what it carries.
 
     By default the floor starts where the operator's run starts: its Certificates are
     created at once by the same call, inside the timed window, and the script takes each
@@ -227,9 +254,11 @@ def _floor(
     if precreated:
         env.kube.parallel(env.kube.create_certificate, bodies)
     _wait_api_quiet(env)
-    with _window(env) as spent:
+    with _window(env, prefix, n / 250) as spent:
         seconds = asyncio.run(
-            _floor_async(env, bodies, env.kms.versions["floor"], watch, create=not precreated)
+            _floor_async(
+                env, bodies, env.kms.versions["floor"], watch, wrote, create=not precreated
+            )
         )
     return {"seconds": seconds, "window": spent}
 
@@ -254,7 +283,13 @@ def _wait_api_quiet(env: Env, timeout: float = 60.0) -> None:
 
 
 async def _floor_async(
-    env: Env, bodies: list[Obj], key_version: str, watch: CertificateWatch, *, create: bool
+    env: Env,
+    bodies: list[Obj],
+    key_version: str,
+    watch: CertificateWatch,
+    wrote: tuple[Obj, Obj],
+    *,
+    create: bool,
 ) -> float:
     client = create_client(env.kms.address)
     signer = CloudKmsSigner(
@@ -263,8 +298,11 @@ async def _floor_async(
     await signer.public_key()
     os.environ["KUBECONFIG"] = str(env.kube.kubeconfig)  # read by the operator's own login
     api = KubeApi(connections=OPERATOR_API_CONNECTIONS)
+    certificate, template = wrote
+    status = certificate["status"]
+    meta = template["metadata"]
+    chain_size = len(base64.b64decode(template["data"][layout.TLS_CERT]))
     tbs = b"\x30\x82\x01\x8a" + bytes(390)  # the size of a P-256 leaf's TBSCertificate
-    ca_pem = base64.b64encode(bytes(560)).decode()
     todo: asyncio.Queue[Obj | None] = asyncio.Queue()
 
     async def worker() -> None:
@@ -277,32 +315,24 @@ async def _floor_async(
                 serialization.NoEncryption(),
             )
             signature = await signer.sign(tbs)
+            chain = (tbs + signature).ljust(chain_size, b"\0")
+            owner = {**meta["ownerReferences"][0], "name": name}
+            owner["uid"] = body["metadata"].get("uid", owner["uid"])
             secret = {
-                "metadata": {"name": f"{name}-tls", "labels": {"bench": "floor"}},
-                "type": "kubernetes.io/tls",
+                "metadata": {
+                    "name": f"{name}-tls",
+                    "labels": {**meta["labels"], layout.CERTIFICATE_LABEL: name},
+                    "annotations": {**meta["annotations"], layout.CERTIFICATE_NAME: name},
+                    "ownerReferences": [owner],
+                },
+                "type": template["type"],
                 "data": {
-                    "tls.crt": base64.b64encode(tbs + signature + bytes(300)).decode(),
-                    "tls.key": base64.b64encode(key_pem).decode(),
-                    "ca.crt": ca_pem,
+                    **template["data"],
+                    layout.TLS_CERT: base64.b64encode(chain).decode(),
+                    layout.TLS_KEY: base64.b64encode(key_pem).decode(),
                 },
             }
             await api.create_secret(namespace, secret)
-            now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            status = {
-                "conditions": [
-                    {
-                        "type": "Ready",
-                        "status": "True",
-                        "reason": "Ready",
-                        "message": "floor",
-                        "lastTransitionTime": now,
-                        "observedGeneration": 1,
-                    }
-                ],
-                "observedGeneration": 1,
-                "revision": 1,
-                "notAfter": now,
-            }
             await api.patch_status("Certificate", namespace, name, status)
 
     keys = [(body["metadata"]["namespace"], body["metadata"]["name"]) for body in bodies]

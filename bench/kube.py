@@ -115,6 +115,20 @@ class Kube:
         self.core.create_namespaced_secret(namespace, body, _preload_content=False)
 
     # -- reads -------------------------------------------------------------------------
+    def certificate_and_secret(self, namespace: str, name: str) -> tuple[Obj, Obj]:
+        """A Certificate and the Secret it names, as the API returns them."""
+        certificate: Obj = json.loads(
+            self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "certificates", name, _preload_content=False
+            ).data
+        )
+        secret: Obj = json.loads(
+            self.core.read_namespaced_secret(
+                certificate["spec"]["secretName"], namespace, _preload_content=False
+            ).data
+        )
+        return certificate, secret
+
     def _list_raw(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Obj]:
         items: list[Obj] = []
         token = None
@@ -152,6 +166,16 @@ class Kube:
         version: str = json.loads(response.read()).get("gitVersion", "")
         return version
 
+    def apiserver_profile(self, seconds: int) -> bytes:
+        """A Go CPU profile of the apiserver over the next ``seconds`` (needs --profiling)."""
+        response = self.api.call_api(
+            "GET",
+            self.api.configuration.host + f"/debug/pprof/profile?seconds={seconds}",
+            _request_timeout=seconds + 30,
+        )
+        data: bytes = response.read()
+        return data
+
     def apiserver_requests(self) -> dict[str, float]:
         """``apiserver_request_total`` summed per ``verb resource`` (admin kubeconfig)."""
         response = self.api.call_api("GET", self.api.configuration.host + "/metrics")
@@ -172,18 +196,18 @@ async def create_certificates(
     created: Callable[[Obj], None] | None = None,
 ) -> None:
     """POST the Certificates, ``concurrency`` at a time over one session ($KUBECONFIG);
-    ``created`` is told of each one as its POST returns."""
+    ``created`` is given each one as the POST returns it (with its uid)."""
     api = KubeApi(connections=concurrency)
     slots = asyncio.Semaphore(concurrency)
 
     async def create(body: Obj) -> None:
         namespace = body["metadata"]["namespace"]
         async with slots:
-            await api.request(
+            answer = await api.request(
                 "POST", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/certificates", body
             )
         if created is not None:
-            created(body)
+            created(answer)
 
     try:
         await asyncio.gather(*(create(body) for body in bodies))

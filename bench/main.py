@@ -178,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plane = LocalControlPlane(
         bin_dir=tools if (tools / "kube-apiserver").exists() else tools_bin(),
         with_controller_manager=False,
+        extra_apiserver_args=["--profiling=true"] if args.profile else [],
     )
     operator: Operator | None = None
     try:

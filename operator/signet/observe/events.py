@@ -14,17 +14,34 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1024
+OVERFLOW_WARNING_INTERVAL = 60.0
 
 
 class EventSink(Protocol):
     async def create_event(self, namespace: str, body: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A queued Event, small: a burst of 10,000 issuances queues 10,000 of these while the
+    apiserver is busy with the issuances themselves. The body is built when it is sent."""
+
+    namespace: str
+    involved: tuple[str | None, str | None, str | None, str | None, str | None]
+    """apiVersion, kind, name, namespace, uid of the object the Event is about."""
+    type: str
+    reason: str
+    message: str
+    at: str
 
 
 class EventPoster:
@@ -34,7 +51,7 @@ class EventPoster:
         *,
         home_namespace: str = "default",
         component: str = "signet",
-        capacity: int = 1000,
+        capacity: int = 10_000,
         timeout: float = 10.0,
         dropped: Callable[[], None] = lambda: None,
     ) -> None:
@@ -43,59 +60,79 @@ class EventPoster:
         self._component = component
         self._timeout = timeout
         self._dropped = dropped
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(capacity)
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(capacity)
         self._poster: asyncio.Task[None] | None = None
-        self._overflowing = False
+        self._warned_at = -OVERFLOW_WARNING_INTERVAL
 
     def post(self, obj: dict[str, Any], *, type: str, reason: str, message: str) -> None:
         """Queue an Event about ``obj`` (a Certificate or Issuer body or reference)."""
         metadata = obj.get("metadata") or {}
-        # Events about cluster-scoped objects (ClusterIssuers) go to the operator's namespace.
-        namespace = metadata.get("namespace") or self._home_namespace
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
+        pending = _Pending(
+            # Events about cluster-scoped objects (ClusterIssuers) go to the operator's namespace.
+            namespace=metadata.get("namespace") or self._home_namespace,
+            involved=(
+                obj.get("apiVersion"),
+                obj.get("kind"),
+                metadata.get("name"),
+                metadata.get("namespace"),
+                metadata.get("uid"),
+            ),
+            type=type,
+            reason=reason,
+            message=message[:MAX_MESSAGE],
+            at=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            self._dropped()
+            now = time.monotonic()
+            if now - self._warned_at >= OVERFLOW_WARNING_INTERVAL:
+                self._warned_at = now
+                logger.warning(
+                    "%d Events queued; dropping new ones (signet_events_dropped_total)",
+                    self._queue.maxsize,
+                )
+            return
+        if self._poster is None or self._poster.done():
+            self._poster = asyncio.get_running_loop().create_task(self._post_queued())
+
+    def _body(self, pending: _Pending) -> dict[str, Any]:
+        api_version, kind, name, namespace, uid = pending.involved
+        return {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
-                "name": f"{metadata.get('name', 'signet')}.{uuid.uuid4().hex[:12]}",
-                "namespace": namespace,
+                "name": f"{name or 'signet'}.{uuid.uuid4().hex[:12]}",
+                "namespace": pending.namespace,
             },
             "involvedObject": {
-                "apiVersion": obj.get("apiVersion"),
-                "kind": obj.get("kind"),
-                "name": metadata.get("name"),
-                "namespace": metadata.get("namespace"),
-                "uid": metadata.get("uid"),
+                "apiVersion": api_version,
+                "kind": kind,
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
             },
-            "type": type,
-            "reason": reason,
-            "message": message[:MAX_MESSAGE],
+            "type": pending.type,
+            "reason": pending.reason,
+            "message": pending.message,
             "source": {"component": self._component},
             "reportingComponent": self._component,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
+            "firstTimestamp": pending.at,
+            "lastTimestamp": pending.at,
             "count": 1,
         }
-        try:
-            self._queue.put_nowait((namespace, body))
-        except asyncio.QueueFull:
-            self._dropped()
-            if not self._overflowing:  # one line per overflow, not one per Event
-                logger.warning("%d Events queued; dropping new ones", self._queue.maxsize)
-            self._overflowing = True
-            return
-        self._overflowing = False
-        if self._poster is None or self._poster.done():
-            self._poster = asyncio.get_running_loop().create_task(self._post_queued())
 
     async def _post_queued(self) -> None:
         """Post until the queue is empty, then end: no task lingers between bursts."""
         while not self._queue.empty():
-            namespace, body = self._queue.get_nowait()
+            pending = self._queue.get_nowait()
             try:
-                await asyncio.wait_for(self._sink.create_event(namespace, body), self._timeout)
+                await asyncio.wait_for(
+                    self._sink.create_event(pending.namespace, self._body(pending)), self._timeout
+                )
             except Exception as error:  # an Event is never worth failing a reconcile for
-                logger.warning("could not post Event %s: %s", body["reason"], type(error).__name__)
+                logger.warning("could not post Event %s: %s", pending.reason, type(error).__name__)
 
     async def drain(self) -> None:
         """Wait for queued Events (graceful shutdown, tests)."""

@@ -1,0 +1,88 @@
+"""Signet's own Secret writes, seen on the watch before their response arrives, are held
+until the response is recorded; then they are recognised and cost nothing."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from signet.controller.certificates import CertificateController
+from signet.secrets import layout
+from signet.secrets.inspect import summarize
+
+SECRET = ("team-a", "web-tls")
+CERT = ("team-a", "web")
+
+
+def _secret(version: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": SECRET[0],
+            "name": SECRET[1],
+            "resourceVersion": version,
+            "labels": {layout.MANAGED_BY_LABEL: layout.MANAGED_BY},
+        },
+        "type": layout.TLS_TYPE,
+        "data": {},
+    }
+
+
+@pytest.fixture
+def controller() -> tuple[CertificateController, list[tuple[str, str]]]:
+    scheduled: list[tuple[str, str]] = []
+    controller = CertificateController(
+        None,  # type: ignore[arg-type]  # no API call is made on these paths
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        SimpleNamespace(states={}),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        schedule=lambda ident, delay: scheduled.append(ident),
+        namespace_labels=None,  # type: ignore[arg-type]
+    )
+    body = {
+        "metadata": {"namespace": CERT[0], "name": CERT[1], "uid": "u-1", "generation": 1},
+        "spec": {"secretName": SECRET[1], "issuerRef": {"name": "ca"}},
+    }
+    controller.observe_certificate(body, deleted=False)
+    scheduled.clear()
+    return controller, scheduled
+
+
+def test_own_write_seen_first_on_the_watch_is_recognised(controller: Any) -> None:
+    certificates, scheduled = controller
+    with certificates._own_write(SECRET):
+        certificates.observe_secret(_secret("12"), deleted=False)  # the watch, first
+        assert scheduled == [] and SECRET not in certificates.secrets
+        certificates.secrets[SECRET] = summarize(_secret("12"))  # the response, recorded
+    assert scheduled == []
+    assert certificates.secrets[SECRET].resource_version == "12"
+
+
+def test_someone_elses_write_behind_ours_is_taken_after_it(controller: Any) -> None:
+    certificates, scheduled = controller
+    with certificates._own_write(SECRET):
+        certificates.observe_secret(_secret("12"), deleted=False)
+        certificates.observe_secret(_secret("13"), deleted=False)  # kubectl edit, say
+        certificates.secrets[SECRET] = summarize(_secret("12"))
+    assert scheduled == [CERT]
+    assert certificates.secrets[SECRET].resource_version == "13"
+
+
+def test_a_deletion_during_a_failed_write_is_taken(controller: Any) -> None:
+    certificates, scheduled = controller
+    certificates.secrets[SECRET] = summarize(_secret("11"))
+    with certificates._own_write(SECRET):
+        certificates.observe_secret(_secret("11"), deleted=True)
+        # the write failed (409/404): nothing recorded
+    assert scheduled == [CERT]
+    assert SECRET not in certificates.secrets
+
+
+def test_events_outside_a_write_are_taken_at_once(controller: Any) -> None:
+    certificates, scheduled = controller
+    certificates.observe_secret(_secret("12"), deleted=False)
+    assert scheduled == [CERT]
+    assert certificates.secrets[SECRET].resource_version == "12"
