@@ -4,9 +4,10 @@ kopf's own event queue is bound to its per-object tasks; Signet's workers live o
 them, so they post through this small poster instead. It works as client-go's recorder
 does: a bounded queue and one request at a time. Events are for people; while a burst of
 Certificates is being issued they must not take the apiserver's capacity from the writes
-that make those Certificates Ready (500 at once: their Events trail the last Ready by a
-second or two instead of adding 14% to the burst). An Event that fails, times out or finds
-the queue full is worth a log line and a counter, never a retry storm or a stalled issuance.
+that make those Certificates Ready (500 issued at once: 32 of their Events are posted
+during the burst, the rest after the last Certificate is Ready). An Event that fails,
+times out or finds the queue full is worth a log line and a counter, never a retry storm
+or a stalled issuance.
 """
 
 from __future__ import annotations
