@@ -321,7 +321,10 @@ async def _floor_async(
             secret = {
                 "metadata": {
                     "name": f"{name}-tls",
-                    "labels": {**meta["labels"], layout.CERTIFICATE_LABEL: name},
+                    "labels": {
+                        **meta["labels"],
+                        layout.CERTIFICATE_LABEL: layout.certificate_label_value(name),
+                    },
                     "annotations": {**meta["annotations"], layout.CERTIFICATE_NAME: name},
                     "ownerReferences": [owner],
                 },
