@@ -7,6 +7,7 @@ exercised by every operator test that waits for an Event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from signet.observe.events import EventPoster
@@ -121,3 +122,23 @@ def test_cluster_scoped_objects_get_their_events_in_the_home_namespace() -> None
     assert namespace == "signet-system"
     assert body["involvedObject"]["namespace"] is None
     assert len(body["message"]) == 1024
+
+
+def test_a_stuck_drain_is_cut_short_and_the_rest_discarded() -> None:
+    """A shutdown during a burst ends inside the pod's grace period (Runtime.stop)."""
+    sink = RecordingSink(delay=3600)
+
+    async def stop_while_stuck() -> bool:
+        poster = EventPoster(sink)
+        for i in range(3):
+            poster.post(CERT, type="Normal", reason="Issued", message=f"serial {i}")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await poster.drain()
+        poster.discard()
+        await asyncio.sleep(0)  # let the cancellation land
+        await asyncio.wait_for(poster.drain(), 1)  # nothing left running
+        return sink.in_flight == 0
+
+    assert asyncio.run(stop_while_stuck())
+    assert sink.posted == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import logging
 import os
@@ -38,6 +39,8 @@ from signet.secrets import layout
 logger = logging.getLogger(__name__)
 
 STANDBY_RECHECK = 30.0
+EVENTS_DRAIN_SECONDS = 5.0
+"""How long a shutdown goes on posting queued Events (the pod's grace period is 30 s)."""
 TRUST = "TrustBundle"
 Key = tuple[str, str, str]
 """(kind, namespace or "", name): Certificates, Issuers and ClusterIssuers share one queue."""
@@ -161,7 +164,10 @@ class Runtime:
         self._trimmer.cancel()
         await self.leadership.stop()
         await self.queue.stop()
-        await self.events.drain()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EVENTS_DRAIN_SECONDS):
+                await self.events.drain()
+        self.events.discard()
         await close_client(self.kms)
         await self.api.close()
 

@@ -136,6 +136,13 @@ class EventPoster:
                 logger.warning("could not post Event %s: %s", pending.reason, type(error).__name__)
 
     async def drain(self) -> None:
-        """Wait for queued Events (graceful shutdown, tests)."""
+        """Wait for queued Events (graceful shutdown, bounded by the caller; tests)."""
         while self._poster is not None and not self._poster.done():
-            await asyncio.shield(self._poster)
+            await asyncio.wait({self._poster})  # never cancels the poster, nor raises its end
+
+    def discard(self) -> None:
+        """Stop posting and drop what is still queued: a shutdown during a burst must end
+        inside the pod's grace period, and an Event is not worth a SIGKILL."""
+        if self._poster is not None and not self._poster.done():
+            self._poster.cancel()
+            logger.warning("stopping with %d Events not posted", self._queue.qsize() + 1)
