@@ -33,7 +33,6 @@ from bench.procs import (
     Operator,
     metric_samples,
     metric_sum,
-    pids_named,
     py_spy,
     summarize_collapsed,
 )
@@ -73,6 +72,8 @@ class Env:
     workdir: Path
     profile: bool
     """Sample the operator with py-spy during each timed phase."""
+    control_plane_pids: dict[str, int]
+    """kube-apiserver and etcd, for the CPU accounting of timed windows."""
 
     def spy(self, name: str) -> Path | None:
         return self.workdir / f"py-spy-{name}.txt" if self.profile else None
@@ -212,7 +213,7 @@ def _window(env: Env, name: str, expect_s: float) -> Iterator[dict[str, Any]]:
         "operator": env.operator.pid,
         "kms_emulator": env.kms.pid,
         "harness": os.getpid(),
-        **pids_named("kube-apiserver", "etcd"),
+        **env.control_plane_pids,
     }
     meter = CpuMeter(pids)
     before = env.kube.apiserver_requests()

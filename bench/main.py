@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tracemalloc or args.mallocstats:
             operator.tracemalloc_out = workdir / "tracemalloc.txt"
             operator.trace = args.tracemalloc
-        env = Env(kube, kms, operator, workdir, profile=args.profile)
+        pids = {name: plane.pid_of(name) for name in ("kube-apiserver", "etcd")}
+        env = Env(kube, kms, operator, workdir, profile=args.profile, control_plane_pids=pids)
         print(f"signet bench: {'quick' if args.quick else 'full'} {sorted(only)} in {workdir}")
         if only & {"throughput", "latency", "kms"}:
             print("  issuance: throughput, latency, KMS efficiency ...", flush=True)

@@ -295,22 +295,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pids_named(*names: str) -> dict[str, int]:
-    """The first process whose executable is called each of ``names`` (etcd, kube-apiserver)."""
-    found: dict[str, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode()
-        except OSError:
-            continue
-        name = Path(argv0).name
-        if name in names and name not in found:
-            found[name] = int(entry.name)
-    return found
-
-
 class CpuMeter:
     """CPU seconds each process spent between ``start`` and ``stop``: on a small machine the
     operator, the apiserver and etcd share the cores, so where a timed window's CPU went
@@ -319,16 +303,14 @@ class CpuMeter:
     def __init__(self, pids: dict[str, int]) -> None:
         self._pids = pids
         self._start: dict[str, float] = {}
-        self._used: dict[str, float] = {}
 
     def start(self) -> None:
         self._start = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
 
     def stop(self) -> dict[str, float]:
-        self._used = {
+        return {
             name: round(cpu_seconds(pid) - self._start[name], 2) for name, pid in self._pids.items()
         }
-        return self._used
 
 
 def metric_samples(text: str, name: str) -> list[tuple[str, float]]:

@@ -253,6 +253,10 @@ class LocalControlPlane:
         self._children.append(child)
         return child
 
+    def pid_of(self, name: str) -> int:
+        """The process id of a running component (benchmarks account CPU per process)."""
+        return next(c.process.pid for c in self._children if c.name == name)
+
     def log_of(self, name: str) -> Path:
         """The log file of a component, for tests that want to show why something failed."""
         assert self.workdir is not None
