@@ -39,13 +39,17 @@ class RecordingSink:
             self.in_flight -= 1
 
 
+def _post_issued(poster: EventPoster, count: int) -> None:
+    for i in range(count):
+        poster.post(CERT, type="Normal", reason="Issued", message=f"serial {i}")
+
+
 def test_events_are_posted_one_at_a_time_in_order() -> None:
     sink = RecordingSink(delay=0.001)
 
     async def burst() -> None:
         poster = EventPoster(sink)
-        for i in range(20):
-            poster.post(CERT, type="Normal", reason="Issued", message=f"serial {i}")
+        _post_issued(poster, 20)
         await poster.drain()
 
     asyncio.run(burst())
@@ -69,8 +73,7 @@ def test_a_full_queue_drops_and_counts_new_events_without_blocking() -> None:
 
     async def flood() -> None:
         poster = EventPoster(sink, capacity=5, dropped=lambda: drops.append(None))
-        for i in range(12):
-            poster.post(CERT, type="Normal", reason="Issued", message=f"serial {i}")
+        _post_issued(poster, 12)
         await poster.drain()
         poster.post(CERT, type="Normal", reason="Issued", message="after the flood")
         await poster.drain()
@@ -130,8 +133,7 @@ def test_a_stuck_drain_is_cut_short_and_the_rest_discarded() -> None:
 
     async def stop_while_stuck() -> bool:
         poster = EventPoster(sink)
-        for i in range(3):
-            poster.post(CERT, type="Normal", reason="Issued", message=f"serial {i}")
+        _post_issued(poster, 3)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.1):
                 await poster.drain()
