@@ -3,17 +3,11 @@ until the response is recorded; then they are recognised and cost nothing."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
-from signet.controller.certificates import CertificateController
 from signet.secrets import layout
 from signet.secrets.inspect import summarize
-
-SECRET = ("team-a", "web-tls")
-CERT = ("team-a", "web")
+from tests.unit.conftest import CERT, SECRET
 
 
 def _secret(version: str) -> dict[str, Any]:
@@ -27,28 +21,6 @@ def _secret(version: str) -> dict[str, Any]:
         "type": layout.TLS_TYPE,
         "data": {},
     }
-
-
-@pytest.fixture
-def controller() -> tuple[CertificateController, list[tuple[str, str]]]:
-    scheduled: list[tuple[str, str]] = []
-    controller = CertificateController(
-        None,  # type: ignore[arg-type]  # no API call is made on these paths
-        None,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
-        SimpleNamespace(states={}),  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
-        schedule=lambda ident, delay: scheduled.append(ident),
-        namespace_labels=None,  # type: ignore[arg-type]
-    )
-    body = {
-        "metadata": {"namespace": CERT[0], "name": CERT[1], "uid": "u-1", "generation": 1},
-        "spec": {"secretName": SECRET[1], "issuerRef": {"name": "ca"}},
-    }
-    controller.observe_certificate(body, deleted=False)
-    scheduled.clear()
-    return controller, scheduled
 
 
 def test_own_write_seen_first_on_the_watch_is_recognised(controller: Any) -> None:

@@ -7,6 +7,7 @@ decision and issuance code can trust the dataclass and never poke at raw dicts.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 import json
@@ -107,7 +108,12 @@ class CertificateSpec:
         Stored on the Secret: when it differs from the current spec, the identity no longer
         matches what was asked and is re-issued. renewBefore, rotationPolicy and the
         secretTemplate are left out on purpose: changing them must not cost a signature.
+        Every decision asks for it, so it is worked out once per parsed spec.
         """
+        return self._content_hash
+
+    @functools.cached_property
+    def _content_hash(self) -> str:
         shaped = {
             "issuer": asdict(self.issuer_ref),
             "duration": self.duration.total_seconds(),
