@@ -58,3 +58,11 @@ def test_the_content_hash_is_stable_across_versions() -> None:
     )
     assert spec.content_hash() == "fb3ff22cea10bf5dea18"
     assert spec.content_hash() is spec.content_hash()  # worked out once
+
+
+def test_parsed_specs_are_let_go_once_a_burst_is_over(controller: Any) -> None:
+    certificates, _ = controller
+    first = certificates._spec(_body())
+    certificates.forget_parsed_specs()
+    assert certificates._specs == {}
+    assert certificates._spec(_body()) is not first

@@ -260,6 +260,10 @@ class CertificateController:
             self._specs[key] = spec
         return spec
 
+    def forget_parsed_specs(self) -> None:
+        """Once a burst is over: the parsed specs help only while it lasts (~3 MiB)."""
+        self._specs.clear()
+
     def observe_secret(self, body: Obj, deleted: bool) -> None:
         metadata = body["metadata"]
         ident = (metadata["namespace"], metadata["name"])

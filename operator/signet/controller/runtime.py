@@ -137,7 +137,10 @@ class Runtime:
         await self.leadership.start()
         self.queue.start()
         self._trimmer = asyncio.create_task(
-            _trim_heap_when_quiet(lambda: self.activity), name="signet-malloc-trim"
+            _trim_heap_when_quiet(
+                lambda: self.activity, before=self.certificates.forget_parsed_specs
+            ),
+            name="signet-malloc-trim",
         )
         self.ready.set()
 
@@ -233,13 +236,16 @@ class Runtime:
             self.certificates.on_namespace_change(name)
 
 
-async def _trim_heap_when_quiet(activity: Callable[[], int], interval: float = 1.0) -> None:
+async def _trim_heap_when_quiet(
+    activity: Callable[[], int], before: Callable[[], None], interval: float = 1.0
+) -> None:
     """Hand freed heap back to the OS once a burst of work is over.
 
     Watch events are large, short-lived dicts and strings (a Secret body is tens of KB
     parsed) while what Signet keeps per object is small and long-lived; glibc keeps the
     freed space between them, so RSS would stay at the startup peak. malloc_trim returns
-    it; running it only after a quiet second keeps it off the busy path.
+    it; running it only after a quiet second keeps it off the busy path. ``before`` drops
+    what only helps during a burst.
     """
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
@@ -250,6 +256,7 @@ async def _trim_heap_when_quiet(activity: Callable[[], int], interval: float = 1
         await asyncio.sleep(interval)
         now = activity()
         if now == seen and now != trimmed_at:
+            before()
             await asyncio.to_thread(trim, 0)
             trimmed_at = now
         seen = now
