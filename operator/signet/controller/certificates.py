@@ -51,7 +51,7 @@ RENEW_ANNOTATION = "signet.dev/renew-requested-at"
 PARKED_BODIES = 1000
 """Watched bodies kept for the reconcile pass; past this, a pass GETs its Certificate."""
 PARSED_SPECS = 1000
-"""Recently parsed specs kept, by (uid, generation); see CertificateController._spec."""
+"""Parsed specs kept for queued passes, by (uid, generation); see `_keep_spec`."""
 T = TypeVar("T")
 
 
@@ -164,7 +164,7 @@ class CertificateController:
         self._issuer_links: Links[IssuerId] = Links()
         self._failures: dict[CertId, Failure] = {}
         self._writing: dict[SecretId, tuple[Obj, bool] | None] = {}
-        self._specs: dict[tuple[str, int], CertificateSpec] = {}
+        self._specs: dict[tuple[str, int | None], CertificateSpec] = {}
 
     # -- watch input ----------------------------------------------------------------------
     def observe_certificate(self, body: Obj, deleted: bool, *, busy: bool = False) -> CertId | None:
@@ -195,7 +195,10 @@ class CertificateController:
 
     def _settled(self, ident: CertId, body: Obj) -> bool:
         evaluation = self._evaluate(body)
-        if evaluation is None or evaluation.decision.action is not Action.NOTHING:
+        if evaluation is None:
+            return False
+        if evaluation.decision.action is not Action.NOTHING:
+            self._keep_spec(body, evaluation.spec)  # for its pass, and the events it causes
             return False
         summary, decision = evaluation.summary, evaluation.decision
         assert summary is not None and evaluation.spec is not None
@@ -243,22 +246,25 @@ class CertificateController:
         return Evaluation(spec, issuer_ident, issuer_state, material, summary, decision)
 
     def _spec(self, body: Obj) -> CertificateSpec:
-        """The parsed spec, once per generation (the apiserver bumps it on every spec
-        change). A new Certificate is looked at three times within seconds: created, its
-        pass, its own status patch; parsing and hashing its spec each time were 7% of
-        the operator's CPU while issuing. The oldest entries make room for new ones."""
+        """The parsed spec, kept from an earlier look at the same generation if there was
+        one (see _keep_spec)."""
+        metadata = body["metadata"]
+        spec = self._specs.get((metadata["uid"], metadata.get("generation")))
+        return spec if spec is not None else parse_certificate_spec(body.get("spec") or {})
+
+    def _keep_spec(self, body: Obj, spec: CertificateSpec) -> None:
+        """Keep a spec for the pass about to be queued. A new Certificate is looked at three
+        times within seconds (created, its pass, its own status patch); parsing and hashing
+        its spec each time were 7% of the operator's CPU while issuing. The apiserver bumps
+        the generation on every spec change. Specs of Certificates that need no pass (all
+        of them, after a restart) are not kept: they would only pin memory."""
         metadata = body["metadata"]
         generation = metadata.get("generation")
         if not isinstance(generation, int):
-            return parse_certificate_spec(body.get("spec") or {})
-        key = (metadata["uid"], generation)
-        spec = self._specs.get(key)
-        if spec is None:
-            spec = parse_certificate_spec(body.get("spec") or {})
-            if len(self._specs) >= PARSED_SPECS:
-                del self._specs[next(iter(self._specs))]
-            self._specs[key] = spec
-        return spec
+            return
+        if len(self._specs) >= PARSED_SPECS:
+            del self._specs[next(iter(self._specs))]
+        self._specs[(metadata["uid"], generation)] = spec
 
     def forget_parsed_specs(self) -> None:
         """Once a burst is over: the parsed specs help only while it lasts (~3 MiB)."""
