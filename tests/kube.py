@@ -104,4 +104,34 @@ def eventually(
         time.sleep(interval)
 
 
-__all__ = ["ROOT", "Kube", "eventually", "kubectl_binary", "tools_bin"]
+def wait_event(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    reason: str,
+    *,
+    type: str | None = None,
+    contains: str = "",
+    timeout: float = 30.0,
+) -> Any:
+    """The first Event on ``name`` with this reason (and type, and text in its message).
+    Signet posts Events after the status they describe, one at a time: a test that has
+    seen the status must still wait for the Event."""
+
+    def find() -> Any:
+        events = kube.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}"
+        )
+        return next(
+            (
+                e
+                for e in events.items
+                if e.reason == reason and type in (None, e.type) and contains in (e.message or "")
+            ),
+            None,
+        )
+
+    return eventually(find, timeout=timeout, what=f"{reason} Event on {namespace}/{name}")
+
+
+__all__ = ["ROOT", "Kube", "eventually", "kubectl_binary", "tools_bin", "wait_event"]

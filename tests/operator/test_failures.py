@@ -13,7 +13,7 @@ from google.cloud import kms_v1
 from google.protobuf import field_mask_pb2
 
 from signet.kms.emulator import Counters, Faults
-from tests.kube import Kube, eventually
+from tests.kube import Kube, eventually, wait_event
 from tests.operator.harness import (
     certificate_manifest,
     condition,
@@ -76,8 +76,7 @@ def test_kms_outage_keeps_the_old_secret_and_recovers(
         where=lambda o: o["status"]["serialNumber"] != first["status"]["serialNumber"],
     )
     assert "failedIssuanceAttempts" not in healed["status"]
-    events = crds.core.list_namespaced_event(namespace, field_selector="involvedObject.name=web")
-    assert any(e.reason == "KMSUnavailable" and e.type == "Warning" for e in events.items)
+    wait_event(crds, namespace, "web", "KMSUnavailable", type="Warning")
 
 
 def test_disabled_key_version_is_reported_and_reenabling_recovers(

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from signet.kms.emulator import Counters
-from tests.kube import Kube, eventually
+from tests.kube import Kube, eventually, wait_event
 from tests.operator.harness import (
     OperatorProcess,
     certificate_manifest,
@@ -206,10 +206,7 @@ def test_trust_bundle_published_and_audit_record_per_signature(
     assert record["dnsNames"] == [f"web.{namespace}.svc"]
     assert record["trigger"] == "DoesNotExist"
     assert len(record["publicKeyFingerprint"]) == 64
-    events = crds.core.list_namespaced_event(namespace, field_selector="involvedObject.name=web")
-    assert any(
-        e.reason == "Issued" and obj["status"]["serialNumber"] in e.message for e in events.items
-    )
+    wait_event(crds, namespace, "web", "Issued", contains=obj["status"]["serialNumber"])
     metrics = signet_operator.metrics()
     assert (
         f'signet_certificate_ready_status{{condition="True",issuer_kind="Issuer",issuer_name="ca",'

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from signet.kms.emulator import Counters
-from tests.kube import Kube, eventually
+from tests.kube import Kube, eventually, wait_event
 from tests.operator.harness import (
     certificate_manifest,
     condition,
@@ -116,8 +116,7 @@ def test_spec_change_reissues_and_template_drift_is_repaired_without_signing(
         == first["status"]["serialNumber"]
     )
     assert signatures(kms_counters, issuer) == signs
-    events = crds.core.list_namespaced_event(namespace, field_selector="involvedObject.name=web")
-    assert any(e.reason == "SecretRepaired" for e in events.items)
+    wait_event(crds, namespace, "web", "SecretRepaired")
 
     crds.apply(
         certificate_manifest(

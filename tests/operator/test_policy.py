@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.kube import Kube
+from tests.kube import Kube, wait_event
 from tests.operator.harness import (
     certificate_manifest,
     condition,
@@ -73,8 +73,7 @@ def test_denials_name_the_value_and_the_rule(
     assert "thief-identity" not in [
         s.metadata.name for s in crds.core.list_namespaced_secret(namespace).items
     ]
-    events = crds.core.list_namespaced_event(namespace, field_selector="involvedObject.name=thief")
-    assert any(e.reason == reason and e.type == "Warning" for e in events.items)
+    wait_event(crds, namespace, "thief", reason, type="Warning")
 
 
 def _format(value: Any, namespace: str) -> Any:
