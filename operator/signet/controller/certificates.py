@@ -267,7 +267,8 @@ class CertificateController:
         self._specs[(metadata["uid"], generation)] = spec
 
     def forget_parsed_specs(self) -> None:
-        """Once a burst is over: the parsed specs help only while it lasts (~3 MiB)."""
+        """Once a burst is over: the parsed specs help only while it lasts (1,000 of them
+        hold ~1.4 MiB)."""
         self._specs.clear()
 
     def observe_secret(self, body: Obj, deleted: bool) -> None:
