@@ -42,11 +42,6 @@ def _plane(kube: Kube) -> LocalControlPlane:
     return kube.plane
 
 
-def _pid(plane: LocalControlPlane, name: str) -> int:
-    child = next(c for c in plane._children if c.name == name)
-    return int(child.process.pid)
-
-
 @contextmanager
 def _frozen(pid: int, seconds: float) -> Iterator[None]:
     """SIGSTOP ``pid`` for ``seconds``; SIGCONT even if the body fails."""
@@ -134,13 +129,17 @@ def test_control_plane_frozen_mid_batch(
     create_certificates(crds, namespace, "ca", names, privateKey=SLOW_KEY)
     poll(lambda: issued_count(crds, namespace) >= 3, timeout=60, what="first issuances")
     pending = len(names) - issued_count(crds, namespace)
+    # While etcd or the apiserver is stopped no write can land, so every Certificate
+    # pending now is finished only after SIGCONT: that is what makes this a test. How many
+    # are still pending when we next look depends on how much of the batch the operator
+    # signed during the freeze and flushed at once after it, so it is reported, not bounded.
+    assert pending > 0, "the batch finished before the fault: nothing was tested"
     start = time.monotonic()
-    with _frozen(_pid(plane, component), seconds):
+    with _frozen(plane.pid_of(component), seconds):
         pass
     pending_after = len(names) - issued_count(crds, namespace)
     wait_all(crds, namespace, names, timeout=120)
     recovery = time.monotonic() - start
-    assert pending_after > 0, "the batch finished before the fault: nothing was tested"
     signs = kms_counters.count("AsymmetricSign", key_version, "OK") - base
     repeated = _check_once_each(crds, namespace, names, signet_operator, signs, pending)
     record(

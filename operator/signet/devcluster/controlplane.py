@@ -254,7 +254,8 @@ class LocalControlPlane:
         return child
 
     def pid_of(self, name: str) -> int:
-        """The process id of a running component (benchmarks account CPU per process)."""
+        """The process id of a running component, for benchmarks that account CPU per process
+        and fault tests that freeze one."""
         return next(c.process.pid for c in self._children if c.name == name)
 
     def log_of(self, name: str) -> Path:
