@@ -101,6 +101,27 @@ def test_persistent_quota_exhaustion_reports_quota(
     assert info.value.reason == "KMSQuotaExceeded"
 
 
+def test_quota_stays_the_reason_when_the_deadline_cuts_the_last_attempt(
+    kms_key_factory: KeyFactory, kms_runner: KmsRunner, kms_faults: Faults
+) -> None:
+    """Two quota refusals take 0.8 of a 1.2 s budget; the third attempt gets what is left
+    (< the 0.4 s the emulator takes) and ends DEADLINE_EXCEEDED on our side. The user must
+    still read "quota", the failure that kept us retrying, not "KMS unavailable"."""
+    version = kms_key_factory(P256)
+    seen: list[SignObservation] = []
+    signer = kms_runner.signer(
+        version, retry=RetryPolicy(deadline=1.2, initial_backoff=0.05), observe=seen.append
+    )
+    kms_runner.run(signer.public_key())
+    kms_faults.latency_s = 0.4
+    kms_faults.fail_next(1000, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    with pytest.raises(KmsQuotaExceeded, match="last error RESOURCE_EXHAUSTED") as info:
+        kms_runner.run(signer.sign(b"tbs"))
+    codes = seen[-1].attempt_codes
+    assert codes[-1] == "DEADLINE_EXCEEDED", codes  # else the case under test did not occur
+    assert info.value.code == "RESOURCE_EXHAUSTED"
+
+
 def test_concurrency_bound_is_respected(
     kms_key_factory: KeyFactory, kms_runner: KmsRunner, kms_faults: Faults, kms_counters: Counters
 ) -> None:

@@ -538,18 +538,19 @@ class CloudKmsSigner:
         deadline = start + policy.deadline
         kv = self._key_version
         retries = integrity_failures = 0
-        last_cause = ""
+        last_cause = cause_code = ""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise self._deadline_error(method, codes, last_cause)
+                raise self._deadline_error(method, codes, cause_code, last_cause)
+            timeout = min(policy.attempt_timeout, remaining)
             try:
                 if limited:
                     async with self._limiter.slot(deadline, kv):
                         timeout = min(policy.attempt_timeout, deadline - time.monotonic())
                         result = await attempt(max(timeout, 0.001))
                 else:
-                    result = await attempt(min(policy.attempt_timeout, remaining))
+                    result = await attempt(timeout)
                 codes.append("OK")
                 return result
             except GoogleAPICallError as exc:
@@ -557,10 +558,16 @@ class CloudKmsSigner:
                 codes.append(code.name)
                 if code not in RETRYABLE_CODES:
                     raise _error_from_rpc(kv, exc, len(codes), f"{method} failed: ") from None
-                last_cause = f"{code.name}: {exc.message}"
+                # An attempt cut short to fit our own deadline says nothing about KMS: the
+                # error that made us retry (say RESOURCE_EXHAUSTED) stays the reason.
+                cut_by_us = code is grpc.StatusCode.DEADLINE_EXCEEDED and (
+                    timeout < policy.attempt_timeout
+                )
+                if not (cut_by_us and cause_code):
+                    cause_code, last_cause = code.name, f"{code.name}: {exc.message}"
             except _Retry as exc:
                 codes.append(exc.code)
-                last_cause = str(exc)
+                cause_code, last_cause = exc.code, str(exc)
                 integrity_failures += 1
                 if integrity_failures > policy.max_integrity_retries:
                     exc.error.attempts = len(codes)
@@ -571,16 +578,20 @@ class CloudKmsSigner:
             retries += 1
             delay = policy.backoff(retries)
             if time.monotonic() + delay >= deadline:
-                raise self._deadline_error(method, codes, last_cause)
+                raise self._deadline_error(method, codes, cause_code, last_cause)
             await asyncio.sleep(delay)
 
-    def _deadline_error(self, method: str, codes: list[str], last_cause: str) -> KmsError:
-        last = codes[-1] if codes else "none"
-        cls: type[KmsError] = (
-            KmsQuotaExceeded if last == grpc.StatusCode.RESOURCE_EXHAUSTED.name else KmsUnavailable
-        )
-        if last == "INTEGRITY":
+    def _deadline_error(
+        self, method: str, codes: list[str], cause_code: str, last_cause: str
+    ) -> KmsError:
+        """The error for a call out of time, classed by the failure that kept it retrying
+        (``cause_code``), not by an attempt our own deadline cut short."""
+        cls: type[KmsError] = KmsUnavailable
+        if cause_code == grpc.StatusCode.RESOURCE_EXHAUSTED.name:
+            cls = KmsQuotaExceeded
+        elif cause_code == "INTEGRITY":
             cls = KmsIntegrityError
+        last = cause_code or (codes[-1] if codes else "none")
         return cls(
             self._key_version,
             f"{method} did not succeed within {self._retry.deadline:g}s deadline "
