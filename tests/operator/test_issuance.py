@@ -184,10 +184,10 @@ def test_trust_bundle_published_and_audit_record_per_signature(
 ) -> None:
     crds.apply(certificate_manifest("web", namespace, "ca"))
     obj = wait_condition(crds, namespace, "web")
-    bundle = eventually(
-        lambda: crds.core.read_namespaced_config_map("signet-issuer-ca-ca", namespace),
-        what="trust ConfigMap",
-    )
+    # Ready promises the bundle: it is there at once, and was written before the status
+    # (one etcd here, so resourceVersions are its revisions and compare as numbers).
+    bundle = crds.core.read_namespaced_config_map("signet-issuer-ca-ca", namespace)
+    assert int(bundle.metadata.resource_version) < int(obj["metadata"]["resourceVersion"])
     assert bundle.data["ca.crt"] == issuer["status"]["caCertificate"]
     assert bundle.data["ssh-ca.pub"].strip() == issuer["status"]["sshCAPublicKey"]
     records = eventually(

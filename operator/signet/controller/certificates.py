@@ -396,13 +396,13 @@ class CertificateController:
         if decision.action in (Action.NOTHING, Action.REPAIR_METADATA):
             assert summary is not None
             self._failures.pop(ident, None)
+            if material is not None:
+                await self._trust.publish(issuer_ident, material, namespace)
             await self._patch_status(
                 body, self._ready_status(body, spec, summary, decision.wake_at)
             )
             if decision.wake_at is not None:
                 self._schedule(ident, (decision.wake_at - _now()).total_seconds())
-            if material is not None:
-                await self._trust.publish(issuer_ident, material, namespace)
             return
         await self._issue(body, spec, issuer_ident, evaluation.issuer_state, decision, summary)
 
@@ -527,7 +527,10 @@ class CertificateController:
         self._metrics.issuances.labels("success", decision.reason).inc()
         due = _renewal(body, spec, summary)
         desired = self._ready_status(body, spec, summary, due, trigger=decision, revision=revision)
-        await self._patch_status(body, desired)  # first: Ready is what users wait for
+        # Ready promises the namespace's trust bundle too: a pod that mounts it next to the
+        # Secret must not wait on it. Once per namespace and issuer key; after that a no-op.
+        await self._trust.publish(issuer_ident, material, namespace)
+        await self._patch_status(body, desired)
         self._events.post(
             body,
             type="Normal",
@@ -536,7 +539,6 @@ class CertificateController:
             f"valid until {st.timestamp(issued.not_after)}",
         )
         self._schedule(ident, (due - _now()).total_seconds())
-        await self._trust.publish(issuer_ident, material, namespace)
 
     async def _reusable_key(
         self, spec: CertificateSpec, summary: SecretSummary | None
