@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import ctypes
 import logging
 import os
@@ -167,10 +166,7 @@ class Runtime:
         self._trimmer.cancel()
         await self.leadership.stop()
         await self.queue.stop()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(EVENTS_DRAIN_SECONDS):
-                await self.events.drain()
-        self.events.discard()
+        await self.events.close(within=EVENTS_DRAIN_SECONDS)
         await close_client(self.kms)
         await self.api.close()
 

@@ -13,6 +13,7 @@ or a stalled issuance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import time
@@ -140,9 +141,13 @@ class EventPoster:
         while self._poster is not None and not self._poster.done():
             await asyncio.wait({self._poster})  # never cancels the poster, nor raises its end
 
-    def discard(self) -> None:
-        """Stop posting and drop what is still queued: a shutdown during a burst must end
-        inside the pod's grace period, and an Event is not worth a SIGKILL."""
+    async def close(self, within: float) -> None:
+        """Post what is queued for at most ``within`` seconds, then stop and drop the rest:
+        a shutdown during a burst must end inside the pod's grace period, and an Event is
+        not worth a SIGKILL."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self.drain()
         if self._poster is not None and not self._poster.done():
             self._poster.cancel()
             logger.warning("stopping with %d Events not posted", self._queue.qsize() + 1)
