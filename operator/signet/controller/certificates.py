@@ -396,11 +396,8 @@ class CertificateController:
         if decision.action in (Action.NOTHING, Action.REPAIR_METADATA):
             assert summary is not None
             self._failures.pop(ident, None)
-            if material is not None:
-                await self._trust.publish(issuer_ident, material, namespace)
-            await self._patch_status(
-                body, self._ready_status(body, spec, summary, decision.wake_at)
-            )
+            desired = self._ready_status(body, spec, summary, decision.wake_at)
+            await self._become_ready(body, desired, issuer_ident, material)
             if decision.wake_at is not None:
                 self._schedule(ident, (decision.wake_at - _now()).total_seconds())
             return
@@ -527,10 +524,7 @@ class CertificateController:
         self._metrics.issuances.labels("success", decision.reason).inc()
         due = _renewal(body, spec, summary)
         desired = self._ready_status(body, spec, summary, due, trigger=decision, revision=revision)
-        # Ready promises the namespace's trust bundle too: a pod that mounts it next to the
-        # Secret must not wait on it. Once per namespace and issuer key; after that a no-op.
-        await self._trust.publish(issuer_ident, material, namespace)
-        await self._patch_status(body, desired)
+        await self._become_ready(body, desired, issuer_ident, material)
         self._events.post(
             body,
             type="Normal",
@@ -722,6 +716,19 @@ class CertificateController:
             renewal=renewal,
         )
         return desired
+
+    async def _become_ready(
+        self,
+        body: Obj,
+        desired: Obj,
+        issuer: IssuerId,
+        material: issuance.IssuerMaterial | None,
+    ) -> None:
+        """Ready promises the namespace's trust bundle too: a pod that mounts it next to the
+        Secret must not wait on it. Once per namespace and issuer key; after that a no-op."""
+        if material is not None:
+            await self._trust.publish(issuer, material, body["metadata"]["namespace"])
+        await self._patch_status(body, desired)
 
     async def _patch_status(self, body: Obj, desired: Obj) -> None:
         patch = st.status_patch(body.get("status"), desired)
