@@ -591,7 +591,7 @@ class CloudKmsSigner:
             cls = KmsQuotaExceeded
         elif cause_code == "INTEGRITY":
             cls = KmsIntegrityError
-        last = cause_code or (codes[-1] if codes else "none")
+        last = cause_code or "none"  # every failed attempt leaves a cause_code
         return cls(
             self._key_version,
             f"{method} did not succeed within {self._retry.deadline:g}s deadline "
