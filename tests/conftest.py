@@ -13,7 +13,7 @@ import pytest
 from signet.devcluster import LocalControlPlane
 from tests.kube import ROOT, Kube
 
-pytest_plugins = ["tests.kms_fixtures", "tests.operator_fixtures"]
+pytest_plugins = ["tests.kms_fixtures", "tests.operator_fixtures", "tests.faultproxy"]
 
 CRD_NAMES = ("certificates.signet.dev", "issuers.signet.dev", "clusterissuers.signet.dev")
 

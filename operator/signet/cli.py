@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import signal
 import sys
 import threading
@@ -57,6 +58,139 @@ def _inspect(args: argparse.Namespace) -> int:
     return commands.inspect_command(args)
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from signet.observe import audit_check
+
+    lines = audit_check.read_lines(args.files)
+    if args.from_log:
+        lines = audit_check.from_log(lines)
+    try:
+        result = audit_check.verify(lines)
+    except OSError as error:
+        print(f"signet audit verify: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(audit_check.format_verify(result))
+    return 0 if result.ok else 1
+
+
+def _audit_reconcile(args: argparse.Namespace) -> int:
+    import json
+
+    from signet.observe import audit_check
+
+    lines = audit_check.read_lines(args.files)
+    if args.from_log:
+        lines = audit_check.from_log(lines)
+    try:
+        result = audit_check.reconcile(
+            audit_check.read_records(lines),
+            audit_check.read_records(audit_check.read_lines(args.kms_log)),
+            key_prefix=args.key_prefix,
+            since=args.since,
+            until=args.until,
+            tolerance=args.tolerance,
+            skew=args.skew,
+        )
+    except OSError as error:
+        print(f"signet audit reconcile: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(audit_check.format_reconcile(result))
+    return 0 if result.ok else 1
+
+
+def _iso_time(value: str) -> datetime.datetime:
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=datetime.UTC)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}")
+    return seconds
+
+
+def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser("audit", help="check the audit trail (--audit-log files)")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+
+    def add_common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--from-log",
+            action="store_true",
+            help="the files are operator logs: take the signet.audit records out of them",
+        )
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    verify = audit_commands.add_parser(
+        "verify",
+        help="check the hash chain; exit 1 at the first changed, removed, reordered or "
+        "inserted record",
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE", help="audit files, oldest first")
+    add_common(verify)
+    verify.set_defaults(func=_audit_verify)
+
+    reconcile = audit_commands.add_parser(
+        "reconcile",
+        help="pair signature records with the KMS data-access log; exit 1 if either side "
+        "has one the other lacks",
+    )
+    reconcile.add_argument(
+        "files", nargs="+", metavar="AUDITFILE", help="Signet audit files, oldest first"
+    )
+    reconcile.add_argument(
+        "--kms-log",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="KMS data-access log (JSON lines, or a JSON array from Cloud Logging); repeatable",
+    )
+    reconcile.add_argument(
+        "--key-prefix",
+        default="",
+        metavar="P",
+        help="only key versions whose resource name starts with P",
+    )
+    reconcile.add_argument(
+        "--since", type=_iso_time, metavar="ISO", help="only signatures at or after this time"
+    )
+    reconcile.add_argument(
+        "--until", type=_iso_time, metavar="ISO", help="only signatures at or before this time"
+    )
+    reconcile.add_argument(
+        "--tolerance",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds a record may come after its KMS log entry (default %(default)s)",
+    )
+    reconcile.add_argument(
+        "--skew",
+        type=_seconds,
+        default=1.0,
+        metavar="S",
+        help="seconds a record may seem to come before its KMS log entry, for clocks that "
+        "differ (default %(default)s)",
+    )
+    add_common(reconcile)
+    reconcile.set_defaults(func=_audit_reconcile)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         tool = commands.add_parser(name, help=help_text)
         add(tool)
         tool.set_defaults(func=func)
+
+    _add_audit_commands(commands)
 
     commands.add_parser(
         "kms-emulator",

@@ -8,7 +8,10 @@ Pattern syntax: ``{namespace}`` and ``{trustDomain}`` are replaced first. Then, 
 names, ``*`` stands for exactly one label; for URIs, ``*`` stands for one path segment
 (or part of one) and ``**`` for the rest of the URI; for SSH principals, email addresses and
 common names, ``*`` stands for any run of characters other than ``@``, ``/`` and ``,``.
-Matching DNS names ignores case; everything else is exact.
+Matching DNS names ignores case; everything else is exact. A pattern's ``*`` also matches a
+literal ``*``, but a wildcard name (a ``*`` in a DNS name or the common name) is granted only
+when the issuer also sets ``allowWildcards``: a pattern written for "any service of the
+namespace" should not quietly hand out one key for all of them.
 """
 
 from __future__ import annotations
@@ -16,14 +19,20 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from signet.api.certificate import CertificateSpec
+from signet.api.certificate import (
+    DEFAULT_USER_SSH_EXTENSIONS,
+    SSH_CRITICAL_OPTIONS,
+    CertificateSpec,
+    SSHSpec,
+    X509Spec,
+)
 from signet.api.duration import format_duration
-from signet.api.issuer import IssuerSpec
+from signet.api.issuer import IssuerSpec, Policy
 
 
 @dataclass(frozen=True)
@@ -62,14 +71,20 @@ def _allowed(value: str, patterns: Iterable[str], kind: str, ns: str, td: str) -
     return any(_compile(_expand(p, ns, td), kind).fullmatch(value) for p in patterns)
 
 
-def _shown(patterns: Iterable[str], ns: str, td: str) -> str:
-    expanded = [_expand(p, ns, td) for p in patterns]
-    return "[" + ", ".join(repr(p) for p in expanded[:6]) + (", ...]" if len(expanded) > 6 else "]")
+def _listed(values: Sequence[str]) -> str:
+    return "[" + ", ".join(repr(v) for v in values[:6]) + (", ...]" if len(values) > 6 else "]")
+
+
+def _not_granted(rule: str, granted: Sequence[str], relation: str) -> str:
+    """Why a value is refused, worded the same way by every list rule: an empty list is
+    called empty (printing ``[]`` reads like a bug), otherwise the list is shown."""
+    if not granted:
+        return f"{rule} is empty, so none are granted"
+    return f"it {relation} {rule} {_listed(granted)}"
 
 
 def _check_names(
-    field: str,
-    values: Iterable[str],
+    values: Iterable[tuple[str, str]],
     patterns: tuple[str, ...],
     rule: str,
     kind: str,
@@ -77,19 +92,26 @@ def _check_names(
     ns: str,
     td: str,
 ) -> Denial | None:
-    for index, value in enumerate(values):
+    """``values`` are (subject, value): the subject is how the message names the value."""
+    for subject, value in values:
         if not _allowed(value, patterns, kind, ns, td):
-            if not patterns:
-                why = f"{rule} is empty, so none are granted"
-            else:
-                why = f"it matches none of {rule} {_shown(patterns, ns, td)}"
-            return Denial(reason, f"{field}[{index}] {value[:256]!r} is not allowed: {why}")
+            expanded = [_expand(p, ns, td) for p in patterns]
+            why = _not_granted(rule, expanded, "matches none of")
+            return Denial(reason, f"{subject} is not allowed: {why}")
     return None
+
+
+def _named(field: str, value: str) -> tuple[str, str]:
+    return f"{field} {value[:256]!r}", value
+
+
+def _indexed(field: str, values: Iterable[str]) -> list[tuple[str, str]]:
+    return [_named(f"{field}[{index}]", value) for index, value in enumerate(values)]
 
 
 def check(spec: CertificateSpec, issuer: IssuerSpec, namespace: str) -> Denial | None:
     """The first thing ``issuer``'s policy refuses to ``namespace``, or None if all granted."""
-    policy, td, ns = issuer.policy, issuer.trust_domain, namespace
+    policy = issuer.policy
     if spec.duration > policy.max_duration:
         return Denial(
             "DurationTooLong",
@@ -97,117 +119,207 @@ def check(spec: CertificateSpec, issuer: IssuerSpec, namespace: str) -> Denial |
             f"{format_duration(policy.max_duration)} of {issuer.ref}",
         )
     if spec.private_key.algorithm not in policy.allowed_key_algorithms:
+        why = _not_granted(
+            "policy.allowedKeyAlgorithms", policy.allowed_key_algorithms, "is not in"
+        )
         return Denial(
             "KeyAlgorithmNotAllowed",
-            f"spec.privateKey.algorithm {spec.private_key.algorithm} is not in "
-            f"policy.allowedKeyAlgorithms {list(policy.allowed_key_algorithms)} of {issuer.ref}",
+            f"spec.privateKey.algorithm {spec.private_key.algorithm!r} is not allowed: {why}",
         )
     if spec.x509 is not None:
-        return _check_x509(spec, issuer, ns, td)
+        return _check_x509(spec.x509, issuer, namespace)
     if spec.ssh is not None:
-        if not issuer.ssh_enabled:
-            return Denial("SSHNotEnabled", f"{issuer.ref} does not issue SSH certificates")
-        if spec.ssh.cert_type not in policy.allowed_ssh_types:
-            return Denial(
-                "SSHTypeNotAllowed",
-                f"spec.ssh.type {spec.ssh.cert_type!r} is not in "
-                f"policy.allowedSSHCertificateTypes {list(policy.allowed_ssh_types)}",
-            )
-        return _check_names(
-            "spec.ssh.principals",
-            spec.ssh.principals,
-            policy.allowed_ssh_principals,
-            "policy.allowedSSHPrincipals",
-            "other",
-            "SSHPrincipalNotAllowed",
-            ns,
-            td,
-        )
+        return _check_ssh(spec.ssh, issuer, namespace)
     return None
 
 
-def _own_spiffe_id(uri: str, td: str, ns: str) -> bool:
+def _check_ssh(ssh: SSHSpec, issuer: IssuerSpec, ns: str) -> Denial | None:
+    """Critical options and extensions change what the certificate may do on every server
+    that trusts the CA (forward ports and agents, run ~/.ssh/rc), so each one requested,
+    including the defaults a spec gets without asking, must be granted by the policy."""
+    policy = issuer.policy
+    if not issuer.ssh_enabled:
+        return Denial("SSHNotEnabled", f"{issuer.ref} does not issue SSH certificates")
+    if ssh.cert_type not in policy.allowed_ssh_types:
+        why = _not_granted(
+            "policy.allowedSSHCertificateTypes", policy.allowed_ssh_types, "is not in"
+        )
+        return Denial("SSHTypeNotAllowed", f"spec.ssh.type {ssh.cert_type!r} is not allowed: {why}")
+    denial = _check_names(
+        _indexed("spec.ssh.principals", ssh.principals),
+        policy.allowed_ssh_principals,
+        "policy.allowedSSHPrincipals",
+        "other",
+        "SSHPrincipalNotAllowed",
+        ns,
+        issuer.trust_domain,
+    )
+    if denial:
+        return denial
+    requested: list[tuple[str, str, object]] = []
+    if ssh.force_command is not None:
+        requested.append(("forceCommand", SSH_CRITICAL_OPTIONS["forceCommand"], ssh.force_command))
+    if ssh.source_address:
+        requested.append(
+            ("sourceAddress", SSH_CRITICAL_OPTIONS["sourceAddress"], list(ssh.source_address))
+        )
+    for field, option, value in requested:
+        if option not in policy.allowed_ssh_critical_options:
+            why = _not_granted(
+                "policy.allowedSSHCriticalOptions", policy.allowed_ssh_critical_options, "is not in"
+            )
+            shown = repr(value)[:256]
+            return Denial(
+                "SSHCriticalOptionNotAllowed",
+                f"spec.ssh.criticalOptions.{field} {shown} ({option}) is not allowed: {why}",
+            )
+    for index, extension in enumerate(ssh.extensions):
+        if extension not in policy.allowed_ssh_extensions:
+            why = _not_granted(
+                "policy.allowedSSHExtensions", policy.allowed_ssh_extensions, "is not in"
+            )
+            if ssh.extensions == DEFAULT_USER_SSH_EXTENSIONS:
+                why += (
+                    f"; spec.ssh.extensions defaults to {list(DEFAULT_USER_SSH_EXTENSIONS)}: "
+                    "set it to [] to ask for none"
+                )
+            return Denial(
+                "SSHExtensionNotAllowed",
+                f"spec.ssh.extensions[{index}] {extension!r} is not allowed: {why}",
+            )
+    return None
+
+
+def _spiffe_denial(subject: str, uri: str, td: str, ns: str) -> Denial | None:
     """SPIFFE IDs in the issuer's trust domain are Kubernetes identities: a namespace may
     only hold its own (``/ns/<ns>/sa/<name>``), whatever allowedURIs says. Dot segments and
-    case games are refused outright rather than normalised."""
+    case games are refused outright rather than normalised; so is percent-encoding, which
+    the SPIFFE spec forbids and which a decoding verifier could read as another path."""
     parsed = urllib.parse.urlsplit(uri)
-    if parsed.scheme.lower() != "spiffe" or parsed.netloc.lower() != td:
-        return True
+    if parsed.scheme.lower() != "spiffe":
+        return None
+    if "%" in uri:
+        return Denial(
+            "SPIFFEIDNotAllowed",
+            f"{subject} is not a valid SPIFFE ID: SPIFFE IDs must not contain "
+            "percent-encoding (a verifier that decoded '%2F' would read another path)",
+        )
+    if parsed.netloc.lower() != td:
+        return None
     segments = parsed.path.split("/")[1:]
-    return (
-        parsed.scheme == "spiffe"
-        and parsed.netloc == td
+    if (
+        parsed.netloc == td
         and len(segments) == 4
         and segments[:3] == ["ns", ns, "sa"]
         and segments[3] not in ("", ".", "..")
         and not parsed.query
         and not parsed.fragment
+    ):
+        return None
+    return Denial(
+        "SPIFFEIDNotAllowed",
+        f"{subject} is not one of this namespace's identities "
+        f"spiffe://{td}/ns/{ns}/sa/<serviceAccount>",
     )
 
 
-def _check_x509(spec: CertificateSpec, issuer: IssuerSpec, ns: str, td: str) -> Denial | None:
-    x509, policy = spec.x509, issuer.policy
-    assert x509 is not None
+def _spiffe_in_uris(uris: Sequence[str], td: str, ns: str) -> Denial | None:
+    """A SPIFFE ID listed as a plain URI SAN would make an X509-SVID without the SVID rules
+    (exactly one URI, the namespace binding), so the signer never accepts one there; this
+    says where it goes instead before any key is generated."""
+    for index, uri in enumerate(uris):
+        parsed = urllib.parse.urlsplit(uri)
+        if parsed.scheme.lower() != "spiffe":
+            continue
+        field = f"spec.x509.uris[{index}]"
+        segments = parsed.path.split("/")[1:]
+        if parsed.netloc == td and len(segments) == 4 and segments[:3] == ["ns", ns, "sa"]:
+            hint = (
+                f"set spec.x509.spiffe.serviceAccount to {segments[3][:253]!r} instead "
+                "(and drop spec.x509.uris)"
+            )
+        else:
+            hint = (
+                "SPIFFE IDs are issued only through spec.x509.spiffe.serviceAccount, as "
+                f"spiffe://{td}/ns/{ns}/sa/<serviceAccount>"
+            )
+        return Denial(
+            "InvalidRequest",
+            f"{field} {uri[:256]!r} is a SPIFFE ID, which spec.x509.uris cannot carry: {hint}",
+        )
+    return None
+
+
+def _wildcards(x509: X509Spec, policy: Policy) -> Denial | None:
+    """A wildcard name is a key that answers for every host under a domain, so it takes the
+    issuer's explicit opt-in even where a pattern covers the literal '*'. The common name
+    counts too: clients that still read it treat it as a host name."""
+    if policy.allow_wildcards:
+        return None
+    named = _indexed("spec.x509.dnsNames", x509.dns_names)
+    if x509.common_name:
+        named.append(_named("spec.x509.commonName", x509.common_name))
+    for subject, value in named:
+        if "*" in value:
+            return Denial(
+                "WildcardNotAllowed",
+                f"{subject} is a wildcard, which is not allowed: policy.allowWildcards is false",
+            )
+    return None
+
+
+def _check_x509(x509: X509Spec, issuer: IssuerSpec, ns: str) -> Denial | None:
+    policy, td = issuer.policy, issuer.trust_domain
     if not issuer.x509_enabled:
         return Denial("X509NotEnabled", f"{issuer.ref} does not issue X.509 certificates")
-    uris = list(x509.uris)
+    uris = _indexed("spec.x509.uris", x509.uris)
     if x509.spiffe_service_account is not None:
-        uris.append(spiffe_id(td, ns, x509.spiffe_service_account))
-    for uri in uris:
-        if not _own_spiffe_id(uri, td, ns):
-            return Denial(
-                "SPIFFEIDNotAllowed",
-                f"SPIFFE ID {uri[:256]!r} is not one of this namespace's identities "
-                f"spiffe://{td}/ns/{ns}/sa/<serviceAccount>",
-            )
-    common_name_patterns = (
-        policy.allowed_common_names
-        if policy.allowed_common_names is not None
-        else policy.allowed_dns_names
-    )
+        svid = spiffe_id(td, ns, x509.spiffe_service_account)
+        account = x509.spiffe_service_account[:253]
+        uris.append((f"spec.x509.spiffe.serviceAccount {account!r} (SPIFFE ID {svid!r})", svid))
+    for subject, uri in uris:
+        denial = _spiffe_denial(subject, uri, td, ns)
+        if denial:
+            return denial
+    by_dns = policy.allowed_common_names is None
     checks = (
         (
-            "spec.x509.dnsNames",
-            x509.dns_names,
+            _indexed("spec.x509.dnsNames", x509.dns_names),
             policy.allowed_dns_names,
             "policy.allowedDNSNames",
             "dns",
             "DNSNameNotAllowed",
         ),
-        ("spec.x509.uris", uris, policy.allowed_uris, "policy.allowedURIs", "uri", "URINotAllowed"),
+        (uris, policy.allowed_uris, "policy.allowedURIs", "uri", "URINotAllowed"),
         (
-            "spec.x509.emailAddresses",
-            x509.email_addresses,
+            _indexed("spec.x509.emailAddresses", x509.email_addresses),
             policy.allowed_email_addresses,
             "policy.allowedEmailAddresses",
             "other",
             "EmailAddressNotAllowed",
         ),
         (
-            "spec.x509.commonName",
-            [x509.common_name] if x509.common_name else [],
-            common_name_patterns,
-            "policy.allowedCommonNames"
-            if policy.allowed_common_names is not None
-            else "policy.allowedDNSNames",
-            "dns" if policy.allowed_common_names is None else "other",
+            [_named("spec.x509.commonName", x509.common_name)] if x509.common_name else [],
+            policy.allowed_dns_names if by_dns else policy.allowed_common_names or (),
+            "policy.allowedDNSNames" if by_dns else "policy.allowedCommonNames",
+            "dns" if by_dns else "other",
             "CommonNameNotAllowed",
         ),
     )
-    for field, values, patterns, rule, kind, reason in checks:
-        denial = _check_names(field, values, patterns, rule, kind, reason, ns, td)
+    for values, patterns, rule, kind, reason in checks:
+        denial = _check_names(values, patterns, rule, kind, reason, ns, td)
         if denial:
             return denial
     networks = [ipaddress.ip_network(c, strict=False) for c in policy.allowed_ip_ranges]
     for index, text in enumerate(x509.ip_addresses):
         address = ipaddress.ip_address(text)
         if not any(address in network for network in networks):
+            why = _not_granted("policy.allowedIPRanges", policy.allowed_ip_ranges, "is in none of")
             return Denial(
                 "IPAddressNotAllowed",
-                f"spec.x509.ipAddresses[{index}] {text!r} is in none of policy.allowedIPRanges "
-                f"{list(policy.allowed_ip_ranges)}",
+                f"spec.x509.ipAddresses[{index}] {text!r} is not allowed: {why}",
             )
-    return None
+    return _wildcards(x509, policy) or _spiffe_in_uris(x509.uris, td, ns)
 
 
 def namespace_selected(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:

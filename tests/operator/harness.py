@@ -100,10 +100,20 @@ class OperatorProcess:
             text: str = r.read().decode()
             return text
 
-    def audit_records(self) -> list[dict[str, Any]]:
+    def audit_all(self) -> list[dict[str, Any]]:
+        """Every record of the audit file, in order."""
         if not self.audit_log.exists():
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
+
+    def audit_records(self, kind: str = "signet.dev/signature") -> list[dict[str, Any]]:
+        """Records of one kind; by default the signatures made for Certificates."""
+        return [
+            r
+            for r in self.audit_all()
+            if r.get("kind") == kind
+            and (kind != "signet.dev/signature" or r.get("purpose") == "certificate")
+        ]
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:

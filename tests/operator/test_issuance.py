@@ -200,7 +200,7 @@ def test_trust_bundle_published_and_audit_record_per_signature(
         what="audit record",
     )
     (record,) = records
-    assert record["outcome"] == "issued"
+    assert record["outcome"] == "signed"
     assert record["keyVersion"] == issuer["spec"]["kms"]["cloudKMS"]["keyVersion"]
     assert record["certificate"]["uid"] == obj["metadata"]["uid"]
     assert record["dnsNames"] == [f"web.{namespace}.svc"]

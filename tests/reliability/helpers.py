@@ -195,7 +195,8 @@ def assert_secrets_consistent(
 
 
 def audit_counts(operators: Iterable[OperatorProcess], namespace: str) -> Counter[str]:
-    """Audit records (one per successful signature written to a Secret) per Certificate."""
+    """KMS signatures per Certificate, as the operators' audit files record them (one
+    record per signature, written before the certificate leaves the process)."""
     counts: Counter[str] = Counter()
     for operator in operators:
         for record in operator.audit_records():

@@ -169,7 +169,20 @@ CASES = [
         message="spec.x509.dnsNames[0] '*.svc' is not allowed: it matches none of "
         "policy.allowedDNSNames",
     ),
-    Case("wildcard-own-namespace", x509(dnsNames=["*.{ns}.svc"]), issued=True),
+    Case(
+        "wildcard-own-namespace",
+        x509(dnsNames=["*.{ns}.svc"]),
+        reason="WildcardNotAllowed",
+        message="spec.x509.dnsNames[0] '*.{ns}.svc' is a wildcard, which is not allowed: "
+        "policy.allowWildcards is false",
+    ),
+    Case(
+        "wildcard-common-name",
+        x509(commonName="*.{ns}.svc"),
+        reason="WildcardNotAllowed",
+        message="spec.x509.commonName '*.{ns}.svc' is a wildcard, which is not allowed: "
+        "policy.allowWildcards is false",
+    ),
     # -- unicode tricks ----------------------------------------------------------------------
     Case("dns-homoglyph", x509(dnsNames=[f"w{CYRILLIC_IE}b.{{ns}}.svc"]), rejected=PATTERN),
     Case("dns-rtl-override", x509(dnsNames=[f"web{RTL_OVERRIDE}.{{ns}}.svc"]), rejected=PATTERN),
@@ -196,7 +209,8 @@ CASES = [
         "ip-not-in-policy",
         x509(ipAddresses=["127.0.0.1"]),
         reason="IPAddressNotAllowed",
-        message="spec.x509.ipAddresses[0] '127.0.0.1' is in none of policy.allowedIPRanges",
+        message="spec.x509.ipAddresses[0] '127.0.0.1' is not allowed: policy.allowedIPRanges "
+        "is empty, so none are granted",
     ),
     Case("email-two-at", x509(emailAddresses=["a@b@c"]), rejected=PATTERN),
     Case(
@@ -223,6 +237,31 @@ CASES = [
         reason="URINotAllowed",
         message="spec.x509.uris[0] 'SPIFFE://cluster.local/ns/{ns}/sa/web' is not allowed: it "
         "matches none of policy.allowedURIs",
+    ),
+    Case(
+        "spiffe-id-in-uris",
+        x509(uris=["spiffe://cluster.local/ns/{ns}/sa/a"]),
+        reason="InvalidRequest",
+        message="spec.x509.uris[0] 'spiffe://cluster.local/ns/{ns}/sa/a' is a SPIFFE ID, which "
+        "spec.x509.uris cannot carry: set spec.x509.spiffe.serviceAccount to 'a' instead",
+    ),
+    Case(
+        "spiffe-percent-encoded-traversal",
+        x509(uris=["spiffe://cluster.local/ns/{ns}/sa/..%2F..%2Fx"]),
+        reason="SPIFFEIDNotAllowed",
+        message="spec.x509.uris[0] 'spiffe://cluster.local/ns/{ns}/sa/..%2F..%2Fx' is not a "
+        "valid SPIFFE ID: SPIFFE IDs must not contain percent-encoding",
+    ),
+    Case(
+        "spiffe-client-auth-only",
+        x509(spiffe={"serviceAccount": "web"}, usages=["digital signature", "client auth"]),
+        rejected="a SPIFFE X509-SVID with extended key usages must include both 'server auth' "
+        "and 'client auth'",
+    ),
+    Case(
+        "spiffe-both-auth-usages",
+        x509(spiffe={"serviceAccount": "web"}, usages=["client auth", "server auth"]),
+        issued=True,
     ),
     Case(
         "spiffe-dot-segments",
@@ -301,6 +340,34 @@ CASES = [
         "ssh-source-address-garbage",
         ssh(type="user", principals=["{ns}-a"], criticalOptions={"sourceAddress": ["anywhere"]}),
         rejected="must be an IP address or CIDR",
+    ),
+    Case(
+        "ssh-force-command",
+        ssh(type="user", principals=["{ns}-a"], criticalOptions={"forceCommand": "/bin/sh"}),
+        reason="SSHCriticalOptionNotAllowed",
+        message="spec.ssh.criticalOptions.forceCommand '/bin/sh' (force-command) is not "
+        "allowed: it is not in policy.allowedSSHCriticalOptions ['source-address']",
+    ),
+    *(
+        Case(
+            f"ssh-{extension.lower()}",
+            ssh(type="user", principals=["{ns}-a"], extensions=["permit-pty", extension]),
+            reason="SSHExtensionNotAllowed",
+            message=f"spec.ssh.extensions[1] {extension!r} is not allowed: it is not in "
+            "policy.allowedSSHExtensions ['permit-pty']",
+        )
+        for extension in (
+            "permit-port-forwarding",
+            "permit-agent-forwarding",
+            "permit-X11-forwarding",
+            "permit-user-rc",
+            "no-touch-required",
+        )
+    ),
+    Case(
+        "ssh-source-address-and-pty",
+        ssh(type="user", principals=["{ns}-a"], criticalOptions={"sourceAddress": ["10.0.0.0/8"]}),
+        issued=True,
     ),
     Case("ssh-keyid-space", ssh(type="user", principals=["{ns}-a"], keyId="a b"), rejected=PATTERN),
     Case("ssh-type-root", ssh(type="root", principals=["{ns}-a"]), rejected="Unsupported value"),

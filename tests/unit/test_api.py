@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from signet.api import SpecError
-from signet.api.certificate import parse_certificate_spec
+from signet.api.certificate import (
+    SPIFFE_USAGES_RULE,
+    SSH_CRITICAL_OPTIONS,
+    SSH_EXTENSIONS,
+    parse_certificate_spec,
+)
 from signet.api.duration import format_duration, parse_duration
 from signet.api.issuer import parse_issuer_spec
 
 KEY = "projects/signet-dev/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"
+CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
 def _cert(**spec: Any) -> dict[str, Any]:
@@ -80,6 +88,22 @@ def test_defaults() -> None:
         ),
         ({"x509": {}}, "InvalidSpec", "at least one identity"),
         ({"x509": {"usages": ["cert sign"]}}, "InvalidSpec", "unknown usage 'cert sign'"),
+        (
+            {"x509": {"spiffe": {"serviceAccount": "a"}, "usages": ["client auth"]}},
+            "InvalidSpec",
+            f"spec.x509.usages ['client auth']: {SPIFFE_USAGES_RULE}",
+        ),
+        (
+            {
+                "x509": {
+                    "spiffe": {"serviceAccount": "a"},
+                    "usages": ["digital signature", "server auth", "code signing"],
+                }
+            },
+            "InvalidSpec",
+            "a SPIFFE X509-SVID with extended key usages must include both 'server auth' and "
+            "'client auth'",
+        ),
     ],
 )
 def test_certificate_spec_errors(spec: dict[str, Any], reason: str, fragment: str) -> None:
@@ -142,6 +166,107 @@ def test_issuer_spec() -> None:
     assert spec.policy.allowed_dns_names == ("*.{namespace}.svc", "*.{namespace}.svc.cluster.local")
     assert spec.ref == "Issuer/shop/ca"
     assert not spec.ssh_enabled
+    assert spec.policy.allow_wildcards is False
+    assert spec.policy.allowed_ssh_extensions == ("permit-pty",)
+    assert spec.policy.allowed_ssh_critical_options == ("source-address",)
+
+
+def test_issuer_policy_opt_ins() -> None:
+    policy = parse_issuer_spec(
+        "Issuer",
+        "ca",
+        "shop",
+        {
+            "kms": {"cloudKMS": {"keyVersion": KEY}},
+            "ssh": {},
+            "policy": {
+                "allowWildcards": True,
+                "allowedSSHExtensions": ["permit-pty", "permit-agent-forwarding"],
+                "allowedSSHCriticalOptions": [],
+            },
+        },
+    ).policy
+    assert policy.allow_wildcards is True
+    assert policy.allowed_ssh_extensions == ("permit-pty", "permit-agent-forwarding")
+    assert policy.allowed_ssh_critical_options == ()
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"allowWildcards": "yes"}, "spec.policy.allowWildcards: expected true or false"),
+        (
+            {"allowedSSHExtensions": ["permit-everything"]},
+            "spec.policy.allowedSSHExtensions: 'permit-everything' is not one of permit-pty, "
+            "permit-port-forwarding, permit-agent-forwarding, permit-X11-forwarding, "
+            "permit-user-rc, no-touch-required",
+        ),
+        (
+            {"allowedSSHCriticalOptions": ["forceCommand"]},
+            "spec.policy.allowedSSHCriticalOptions: 'forceCommand' is not one of force-command, "
+            "source-address",
+        ),
+        ({"allowedSSHExtensions": "permit-pty"}, "expected a list of strings"),
+    ],
+)
+def test_issuer_policy_names_are_checked(policy: dict[str, Any], message: str) -> None:
+    """A misspelt name would silently grant nothing (or, worse, look granted in review)."""
+    with pytest.raises(SpecError) as error:
+        parse_issuer_spec(
+            "Issuer",
+            "ca",
+            "shop",
+            {"kms": {"cloudKMS": {"keyVersion": KEY}}, "ssh": {}, "policy": policy},
+        )
+    assert error.value.reason == "InvalidPolicy"
+    assert message in error.value.message
+
+
+@pytest.mark.parametrize(
+    "usages",
+    [
+        None,
+        ["digital signature"],
+        ["digital signature", "key encipherment", "client auth", "server auth"],
+    ],
+)
+def test_spiffe_usages_that_pass(usages: list[str] | None) -> None:
+    x509: dict[str, Any] = {"spiffe": {"serviceAccount": "a"}}
+    if usages is not None:
+        x509["usages"] = usages
+    assert parse_certificate_spec(_cert(x509=x509)).x509 is not None
+
+
+def test_client_auth_only_is_fine_without_spiffe() -> None:
+    spec = parse_certificate_spec(_cert(x509={"dnsNames": ["a.b.svc"], "usages": ["client auth"]}))
+    assert spec.x509 is not None and spec.x509.usages == ("client auth",)
+
+
+def _crd_spec(name: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / name).read_text())
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema["properties"]["spec"]
+
+
+def test_certificate_crd_refuses_spiffe_usages_in_the_operators_words() -> None:
+    """kubectl apply and Ready=False must say the same thing (the CEL rule runs on apply;
+    the parser's check stays for objects that predate the rule)."""
+    x509 = _crd_spec("certificates.signet.dev.yaml")["properties"]["x509"]
+    messages = [v["message"] for v in x509["x-kubernetes-validations"]]
+    assert SPIFFE_USAGES_RULE in messages
+
+
+@pytest.mark.parametrize("crd", ["issuers.signet.dev.yaml", "clusterissuers.signet.dev.yaml"])
+def test_issuer_crds_carry_the_new_policy_fields(crd: str) -> None:
+    policy = _crd_spec(crd)["properties"]["policy"]["properties"]
+    assert policy["allowWildcards"]["type"] == "boolean"
+    assert policy["allowWildcards"]["default"] is False
+    assert "Default false" in policy["allowWildcards"]["description"]
+    assert policy["allowedSSHExtensions"]["items"]["enum"] == list(SSH_EXTENSIONS)
+    assert "Default: permit-pty" in policy["allowedSSHExtensions"]["description"]
+    options = policy["allowedSSHCriticalOptions"]
+    assert options["items"]["enum"] == list(SSH_CRITICAL_OPTIONS.values())
+    assert "Default: source-address" in options["description"]
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,11 @@ USAGES = (
     "email protection",
 )
 DEFAULT_USAGES = ("digital signature", "key encipherment", "server auth", "client auth")
+EXTENDED_USAGES = ("server auth", "client auth", "code signing", "email protection")
+SPIFFE_USAGES_RULE = (
+    "a SPIFFE X509-SVID with extended key usages must include both 'server auth' and 'client auth'"
+)
+"""Worded as the CRD's CEL rule on spec.x509 words it, so kubectl and Ready=False agree."""
 SSH_EXTENSIONS = (
     "permit-pty",
     "permit-port-forwarding",
@@ -38,6 +43,10 @@ SSH_EXTENSIONS = (
     "permit-user-rc",
     "no-touch-required",
 )
+DEFAULT_USER_SSH_EXTENSIONS = ("permit-pty",)
+"""Not ssh-keygen's defaults (which add every forwarding and ~/.ssh/rc): least privilege."""
+SSH_CRITICAL_OPTIONS = {"forceCommand": "force-command", "sourceAddress": "source-address"}
+"""spec.ssh.criticalOptions field -> OpenSSH name, as policy.allowedSSHCriticalOptions lists."""
 MIN_DURATION = datetime.timedelta(minutes=1)
 MAX_DURATION = datetime.timedelta(hours=87600)
 
@@ -87,7 +96,7 @@ class SSHSpec:
     key_id: str | None = None
     force_command: str | None = None
     source_address: tuple[str, ...] = ()
-    extensions: tuple[str, ...] = ("permit-pty",)
+    extensions: tuple[str, ...] = DEFAULT_USER_SSH_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -200,6 +209,13 @@ def _x509(raw: Mapping[str, Any]) -> X509Spec:
         raise SpecError(
             "InvalidSpec", "spec.x509: a SPIFFE X509-SVID carries exactly one URI; drop uris"
         )
+    if (
+        service_account is not None
+        and any(u in EXTENDED_USAGES for u in usages)
+        and not {"server auth", "client auth"} <= set(usages)
+    ):
+        # The signer refuses it too; saying so here names the field and costs no KMS call.
+        raise SpecError("InvalidSpec", f"spec.x509.usages {list(usages)}: {SPIFFE_USAGES_RULE}")
     common_name = raw.get("commonName")
     if common_name is not None and (not isinstance(common_name, str) or len(common_name) > 64):
         raise SpecError("InvalidSpec", "spec.x509.commonName: a string of at most 64 characters")
@@ -252,7 +268,7 @@ def _ssh(raw: Mapping[str, Any]) -> SSHSpec:
         source_address=_strings(options.get("sourceAddress"), "sourceAddress", limit=32),
         extensions=extensions
         if "extensions" in raw
-        else (() if cert_type == "host" else ("permit-pty",)),
+        else (() if cert_type == "host" else DEFAULT_USER_SSH_EXTENSIONS),
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from signet.api.certificate import SSH_CRITICAL_OPTIONS, SSH_EXTENSIONS
 from signet.api.duration import parse_duration
 from signet.api.errors import SpecError
 
@@ -21,6 +22,8 @@ TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
 DEFAULT_DNS_PATTERNS = ("*.{namespace}.svc", "*.{namespace}.svc.cluster.local")
 DEFAULT_URI_PATTERNS = ("spiffe://{trustDomain}/ns/{namespace}/sa/*",)
 DEFAULT_SSH_PRINCIPAL_PATTERNS = ("{namespace}-*",)
+DEFAULT_SSH_EXTENSIONS = ("permit-pty",)
+DEFAULT_SSH_CRITICAL_OPTIONS = ("source-address",)
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,11 @@ class Policy:
 
     Defaults are deliberately narrow: a namespace gets names under its own
     ``<namespace>.svc`` domain, SPIFFE IDs of its own ServiceAccounts and SSH principals
-    prefixed with its name. Anything wider is the platform team's explicit choice.
+    prefixed with its name. Anything wider is the platform team's explicit choice: so is a
+    wildcard certificate (one key answering for every name under a domain), and so is an
+    SSH certificate that may forward ports, agents or X11, run ~/.ssh/rc or be pinned to
+    one command. Critical options that only narrow a certificate (source-address) and an
+    interactive terminal (permit-pty) are granted by default.
     """
 
     max_duration: datetime.timedelta = datetime.timedelta(hours=2160)
@@ -41,6 +48,9 @@ class Policy:
     allowed_ssh_principals: tuple[str, ...] = DEFAULT_SSH_PRINCIPAL_PATTERNS
     allowed_ssh_types: tuple[str, ...] = ("user", "host")
     allowed_key_algorithms: tuple[str, ...] = ("ECDSA", "RSA", "Ed25519")
+    allow_wildcards: bool = False
+    allowed_ssh_extensions: tuple[str, ...] = DEFAULT_SSH_EXTENSIONS
+    allowed_ssh_critical_options: tuple[str, ...] = DEFAULT_SSH_CRITICAL_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,20 @@ def _patterns(raw: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tup
     return tuple(value)
 
 
+def _names(
+    raw: Mapping[str, Any], key: str, default: tuple[str, ...], known: tuple[str, ...]
+) -> tuple[str, ...]:
+    """A list of fixed names: a misspelt one would silently grant nothing, so it is refused."""
+    values = _patterns(raw, key, default)
+    for value in values:
+        if value not in known:
+            raise SpecError(
+                "InvalidPolicy",
+                f"spec.policy.{key}: {value[:64]!r} is not one of {', '.join(known)}",
+            )
+    return values
+
+
 def _policy(raw: Mapping[str, Any]) -> Policy:
     max_duration = parse_duration(raw.get("maxDuration", "2160h"), field="spec.policy.maxDuration")
     ranges = _patterns(raw, "allowedIPRanges", ())
@@ -102,6 +126,9 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
                 "InvalidPolicy", f"spec.policy.allowedIPRanges: {cidr!r} is not a CIDR"
             ) from None
     common_names = raw.get("allowedCommonNames")
+    allow_wildcards = raw.get("allowWildcards", False)
+    if not isinstance(allow_wildcards, bool):
+        raise SpecError("InvalidPolicy", "spec.policy.allowWildcards: expected true or false")
     return Policy(
         max_duration=max_duration,
         allowed_dns_names=_patterns(raw, "allowedDNSNames", DEFAULT_DNS_PATTERNS),
@@ -116,6 +143,16 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
         ),
         allowed_ssh_types=_patterns(raw, "allowedSSHCertificateTypes", ("user", "host")),
         allowed_key_algorithms=_patterns(raw, "allowedKeyAlgorithms", ("ECDSA", "RSA", "Ed25519")),
+        allow_wildcards=allow_wildcards,
+        allowed_ssh_extensions=_names(
+            raw, "allowedSSHExtensions", DEFAULT_SSH_EXTENSIONS, SSH_EXTENSIONS
+        ),
+        allowed_ssh_critical_options=_names(
+            raw,
+            "allowedSSHCriticalOptions",
+            DEFAULT_SSH_CRITICAL_OPTIONS,
+            tuple(SSH_CRITICAL_OPTIONS.values()),
+        ),
     )
 
 

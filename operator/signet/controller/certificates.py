@@ -23,14 +23,15 @@ from signet import issuance, policy
 from signet.api import GROUP, VERSION, SpecError
 from signet.api.certificate import CertificateSpec, parse_certificate_spec
 from signet.controller import status as st
-from signet.controller.issuers import IssuerController, IssuerId
+from signet.controller.issuers import IssuerController, IssuerId, IssuerState
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.controller.trust import TrustPublisher
+from signet.controller.unwritten import Unwritten, UnwrittenStore
 from signet.kms.cloudkms import KmsError
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
 from signet.observe.metrics import Metrics
-from signet.pki import keys
+from signet.pki import keys, kmskey
 from signet.renewal.decisions import (
     Action,
     CertificateView,
@@ -101,7 +102,7 @@ class Links(Generic[T]):
 class Evaluation:
     spec: CertificateSpec
     issuer: IssuerId
-    issuer_state: Any
+    issuer_state: IssuerState | None
     material: issuance.IssuerMaterial | None
     summary: SecretSummary | None
     decision: Decision
@@ -128,6 +129,10 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _generation(body: Obj) -> int:
+    return int(body["metadata"].get("generation") or 0)
+
+
 def _resource_version(value: str) -> int:
     try:
         return int(value)
@@ -148,7 +153,9 @@ class CertificateController:
         schedule: Callable[[CertId, float], None],
         namespace_labels: Callable[[str], Awaitable[dict[str, str] | None]],
         namespace_terminating: Callable[[str], bool] = lambda _: False,
+        clock: Callable[[], datetime.datetime] = _now,
     ) -> None:
+        self._clock = clock
         self._api = api
         self._events = events
         self._audit = audit
@@ -165,6 +172,7 @@ class CertificateController:
         self._failures: dict[CertId, Failure] = {}
         self._writing: dict[SecretId, tuple[Obj, bool] | None] = {}
         self._specs: dict[tuple[str, int | None], CertificateSpec] = {}
+        self._unwritten = UnwrittenStore()
 
     # -- watch input ----------------------------------------------------------------------
     def observe_certificate(self, body: Obj, deleted: bool, *, busy: bool = False) -> CertId | None:
@@ -185,17 +193,25 @@ class CertificateController:
         if not busy and self._settled(ident, body):
             self.pending.pop(ident, None)
             return None
+        failure = self._failures.get(ident)
+        waiting = (
+            failure is not None
+            and failure.generation == _generation(body)
+            and failure.next_retry > self._clock()
+        )
         # Parked until a worker takes it, which saves the pass a GET; without the
         # apiserver's field-ownership bookkeeping, most of a body's small objects. A cold
         # start over thousands parks only the first PARKED_BODIES and reads the rest.
         if len(self.pending) < PARKED_BODIES or ident in self.pending:
             metadata = {key: value for key, value in metadata.items() if key != "managedFields"}
             self.pending[ident] = {**body, "metadata": metadata}
-        return ident
+        # A Certificate waiting out a backoff keeps its scheduled retry: its own failure
+        # status coming back through the watch must not start the next attempt at once.
+        return None if waiting else ident
 
     def _settled(self, ident: CertId, body: Obj) -> bool:
         evaluation = self._evaluate(body)
-        if evaluation is None:
+        if evaluation is None or ident in self._unwritten:
             return False
         if evaluation.decision.action is not Action.NOTHING:
             self._keep_spec(body, evaluation.spec)  # for its pass, and the events it causes
@@ -210,7 +226,7 @@ class CertificateController:
         ):
             return False
         if decision.wake_at is not None:
-            self._schedule(ident, (decision.wake_at - _now()).total_seconds())
+            self._schedule(ident, (decision.wake_at - self._clock()).total_seconds())
         return True
 
     def _evaluate(self, body: Obj) -> Evaluation | None:
@@ -242,7 +258,7 @@ class CertificateController:
             spec,
             renew_requested_at=(metadata.get("annotations") or {}).get(RENEW_ANNOTATION),
         )
-        decision = decide(view, summary, issuer_key, _now())
+        decision = decide(view, summary, issuer_key, self._clock())
         return Evaluation(spec, issuer_ident, issuer_state, material, summary, decision)
 
     def _spec(self, body: Obj) -> CertificateSpec:
@@ -346,6 +362,7 @@ class CertificateController:
     def on_namespace_change(self, namespace: str) -> None:
         for cert, issuer in list(self._issuer_links.targets.items()):
             if cert[0] == namespace and issuer[0] == "ClusterIssuer":
+                self._failures.pop(cert, None)
                 self._schedule(cert, 0)
 
     def _index(self, ident: CertId, spec: Obj) -> None:
@@ -365,17 +382,55 @@ class CertificateController:
         self._issuer_links.unlink(ident)
         self._failures.pop(ident, None)
         self._metrics.forget_certificate(ident)
+        self._discard_unwritten(ident, "CertificateDeleted", "the Certificate was deleted")
 
     # -- reconcile ------------------------------------------------------------------------
     async def reconcile(self, ident: CertId) -> None:
+        """One pass. Whatever goes wrong, the Certificate ends it with a status that says so
+        and a retry on the backoff schedule: an exception escaping into the work queue would
+        leave it silent and never looked at again."""
         namespace, name = ident
         body = self.pending.pop(ident, None)
         if body is None:
-            body = await self._api.get_object("Certificate", namespace, name)
+            try:
+                body = await self._api.get_object("Certificate", namespace, name)
+            except ApiError as error:
+                failure = self._note_failure(ident, None)
+                logger.warning(
+                    "Certificate %s/%s: could not be read (%s); next look at %s",
+                    namespace,
+                    name,
+                    error,
+                    st.timestamp(failure.next_retry),
+                )
+                return
             if body is None:
                 self._forget(ident)
                 return
-        if body["metadata"].get("deletionTimestamp") or self._namespace_terminating(namespace):
+        try:
+            await self._pass(ident, body)
+        except Exception as error:
+            await self._pass_failed(ident, body, error)
+
+    async def _pass_failed(self, ident: CertId, body: Obj, error: Exception) -> None:
+        if isinstance(error, ApiError):  # its message is the apiserver's, never a body
+            reason, message = "APIError", f"Kubernetes API: {error}"
+        else:
+            logger.exception("Certificate %s/%s: pass failed", *ident)
+            reason, message = "InternalError", f"{type(error).__name__}: {error}"
+        try:
+            spec: CertificateSpec | None = self._spec(body)
+        except SpecError:
+            spec = None
+        try:
+            await self._fail(body, spec, reason, message, retry=True)
+        except Exception:
+            logger.exception("Certificate %s/%s: reporting a failure failed", *ident)
+            if ident not in self._failures:
+                self._note_failure(ident, None)
+
+    async def _pass(self, ident: CertId, body: Obj) -> None:
+        if body["metadata"].get("deletionTimestamp") or self._namespace_terminating(ident[0]):
             return  # going away: its Secret may vanish first, which must not cost a signature
         evaluation = self._evaluate(body)
         if evaluation is None:
@@ -387,28 +442,58 @@ class CertificateController:
         spec, issuer_ident, material = evaluation.spec, evaluation.issuer, evaluation.material
         summary, decision = evaluation.summary, evaluation.decision
         if decision.action is Action.REFUSE:
+            self._discard_unwritten(ident, decision.reason, decision.message)
             await self._fail(body, spec, decision.reason, decision.message, retry=False)
             return
         if decision.action is Action.REPAIR_METADATA:
             assert summary is not None
             await self._repair_metadata(body, spec, summary, decision)
-            summary = self.secrets.get((namespace, spec.secret_name), summary)
+            summary = self.secrets.get((ident[0], spec.secret_name), summary)
         if decision.action in (Action.NOTHING, Action.REPAIR_METADATA):
             assert summary is not None
             self._failures.pop(ident, None)
+            self._settle_unwritten(ident, summary)
             desired = self._ready_status(body, spec, summary, decision.wake_at)
             await self._become_ready(body, desired, issuer_ident, material)
             if decision.wake_at is not None:
-                self._schedule(ident, (decision.wake_at - _now()).total_seconds())
+                self._schedule(ident, (decision.wake_at - self._clock()).total_seconds())
+            return
+        if self._backing_off(ident, body):
             return
         await self._issue(body, spec, issuer_ident, evaluation.issuer_state, decision, summary)
+
+    def _backing_off(self, ident: CertId, body: Obj) -> bool:
+        """Whether an earlier failure's retry time has not come yet; if so the retry stays
+        scheduled and nothing else happens. Every failure reason waits here alike, so a
+        missing issuer costs a handful of passes, not one per watch event. A new spec
+        generation, the issuer turning ready and the namespace changing all clear it."""
+        failure = self._failures.get(ident)
+        if failure is None or failure.generation != _generation(body):
+            return False
+        wait = (failure.next_retry - self._clock()).total_seconds()
+        if wait <= 0:
+            return False
+        self._schedule(ident, wait)
+        return True
+
+    def _note_failure(self, ident: CertId, generation: int | None) -> Failure:
+        """Count a failed attempt and schedule the retry: 2 s, doubling, capped."""
+        now = self._clock()
+        failure = self._failures.get(ident)
+        if generation is None:
+            generation = failure.generation if failure else -1
+        attempts = failure.attempts + 1 if failure and failure.generation == generation else 1
+        next_retry = now + retry_delay(attempts)
+        self._failures[ident] = noted = Failure(attempts, generation, next_retry)
+        self._schedule(ident, (next_retry - now).total_seconds())
+        return noted
 
     async def _issue(
         self,
         body: Obj,
         spec: CertificateSpec,
         issuer_ident: IssuerId,
-        issuer_state: Any,
+        issuer_state: IssuerState | None,
         decision: Decision,
         summary: SecretSummary | None,
     ) -> None:
@@ -426,7 +511,7 @@ class CertificateController:
                 retry=True,
             )
             return
-        if not issuer_state.ready:
+        if not issuer_state.ready or issuer_state.material is None:
             await self._fail(
                 body,
                 spec,
@@ -455,11 +540,6 @@ class CertificateController:
         if denial is not None:
             await self._fail(body, spec, denial.reason, denial.message, retry=False, denied=True)
             return
-        generation = int(body["metadata"].get("generation") or 0)
-        failure = self._failures.get(ident)
-        if failure and failure.generation == generation and _now() < failure.next_retry:
-            self._schedule(ident, (failure.next_retry - _now()).total_seconds())
-            return
         if summary is not None and summary.secret_type != (
             layout.SSH_TYPE if spec.ssh else layout.TLS_TYPE
         ):
@@ -472,22 +552,118 @@ class CertificateController:
                 retry=False,
             )
             return
+        signed = self._usable_unwritten(ident, body, spec, material)
+        if signed is None:
+            signed = await self._sign(body, spec, material, decision, summary)
+            if signed is None:
+                return
+        await self._deliver(body, spec, issuer_ident, material, signed, decision, summary)
+
+    async def _sign(
+        self,
+        body: Obj,
+        spec: CertificateSpec,
+        material: issuance.IssuerMaterial,
+        decision: Decision,
+        summary: SecretSummary | None,
+    ) -> Unwritten | None:
+        """The one KMS signature for this certificate, audited before anything else can
+        happen to it; None after reporting a failure."""
+        metadata = body["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
         try:
             reuse = await self._reusable_key(spec, summary)
             issued = await issuance.issue(
                 material, spec, namespace=namespace, name=name, reuse_key=reuse
             )
         except KmsError as error:
+            self._issuers.note_kms_error(error)
             await self._fail(body, spec, error.reason, str(error), retry=True)
-            return
+            return None
+        except kmskey.SignatureSpentError as error:
+            self._audit.signature(
+                **self._signature_fields(body, spec, material, decision.reason),
+                outcome="spent-unused",
+                error=str(error),
+            )
+            await self._fail(body, spec, "InternalError", str(error), retry=True)
+            return None
         except ValueError as error:
             await self._fail(body, spec, "InvalidRequest", str(error), retry=False)
-            return
+            return None
         revision = int((body.get("status") or {}).get("revision") or 0) + 1
+        signature = self._audit.signature(
+            **self._signature_fields(body, spec, material, decision.reason),
+            outcome="signed",
+            revision=revision,
+            serialNumber=issued.serial,
+            notBefore=st.timestamp(issued.not_before),
+            notAfter=st.timestamp(issued.not_after),
+            publicKeyFingerprint=issued.public_key_fingerprint,
+            spiffeID=issued.spiffe_id,
+            **issued.audit,
+        )
+        return Unwritten(
+            cert=(namespace, name),
+            issued=issued,
+            signature=signature,
+            uid=metadata["uid"],
+            generation=_generation(body),
+            spec_hash=spec.content_hash(),
+            key_version=material.kms_key.key_version,
+            revision=revision,
+            trigger=decision.reason,
+            renew_at=renewal_time(
+                metadata["uid"],
+                issued.not_before,
+                issued.not_after,
+                spec.renew_before_or_default(),
+            ),
+        )
+
+    @staticmethod
+    def _signature_fields(
+        body: Obj, spec: CertificateSpec, material: issuance.IssuerMaterial, trigger: str
+    ) -> dict[str, Any]:
+        metadata = body["metadata"]
+        return {
+            "purpose": "certificate",
+            "issuer": material.spec.ref,
+            "keyVersion": material.kms_key.key_version,
+            "keyAlgorithm": material.kms_key.algorithm,
+            "certificate": {
+                "namespace": metadata["namespace"],
+                "name": metadata["name"],
+                "uid": metadata["uid"],
+            },
+            "secret": spec.secret_name,
+            "trigger": trigger,
+        }
+
+    async def _deliver(
+        self,
+        body: Obj,
+        spec: CertificateSpec,
+        issuer_ident: IssuerId,
+        material: issuance.IssuerMaterial,
+        signed: Unwritten,
+        decision: Decision,
+        summary: SecretSummary | None,
+    ) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        ident = (namespace, name)
+        issued, revision = signed.issued, signed.revision
         with self._own_write((namespace, spec.secret_name)):
             try:
                 written = await self._write_secret(body, spec, material, issued, summary, revision)
             except ApiError as error:
+                self._keep_unwritten(ident, signed)
+                self._delivery(
+                    signed,
+                    outcome="write-failed",
+                    secret=f"{namespace}/{spec.secret_name}",
+                    error=str(error),
+                )
                 if error.status in (404, 409):  # someone else wrote or deleted it meanwhile
                     await self._refresh_secret(namespace, spec.secret_name)
                     self._schedule(ident, 0)
@@ -498,28 +674,20 @@ class CertificateController:
                     spec,
                     "SecretWriteFailed",
                     f"writing Secret {spec.secret_name!r} failed: HTTP {error.status}: "
-                    f"{error.message}",
+                    f"{error.message}; the signed certificate is kept and written on the "
+                    "next attempt",
                     retry=not permanent,  # a rejected write fails again: no signature per retry
                 )
                 return
             summary = summarize(written, written_by_us=True)
             self.secrets[(namespace, spec.secret_name)] = summary
+        self._unwritten.pop(ident)
         self._failures.pop(ident, None)
-        self._audit.record(
-            outcome="issued",
-            issuer=material.spec.ref,
-            keyVersion=material.kms_key.key_version,
-            keyAlgorithm=material.kms_key.algorithm,
-            certificate={"namespace": namespace, "name": name, "uid": body["metadata"]["uid"]},
-            secret=spec.secret_name,
-            trigger=decision.reason,
-            serialNumber=issued.serial,
-            notBefore=st.timestamp(issued.not_before),
-            notAfter=st.timestamp(issued.not_after),
-            publicKeyFingerprint=issued.public_key_fingerprint,
-            spiffeID=issued.spiffe_id,
-            revision=revision,
-            **issued.audit,
+        self._delivery(
+            signed,
+            outcome="written",
+            secret=f"{namespace}/{spec.secret_name}",
+            resourceVersion=summary.resource_version,
         )
         self._metrics.issuances.labels("success", decision.reason).inc()
         due = _renewal(body, spec, summary)
@@ -532,7 +700,82 @@ class CertificateController:
             message=f"issued serial {issued.serial} ({decision.reason}: {decision.message}), "
             f"valid until {st.timestamp(issued.not_after)}",
         )
-        self._schedule(ident, (due - _now()).total_seconds())
+        self._schedule(ident, (due - self._clock()).total_seconds())
+
+    # -- signed, not yet written ------------------------------------------------------------
+    def _usable_unwritten(
+        self, ident: CertId, body: Obj, spec: CertificateSpec, material: issuance.IssuerMaterial
+    ) -> Unwritten | None:
+        """A certificate signed on an earlier pass whose write failed, if it is still what
+        this pass would sign; one that is not is given up (and audited as such)."""
+        kept = self._unwritten.get(ident)
+        if kept is None:
+            return None
+        if kept.usable_for(
+            body["metadata"]["uid"],
+            _generation(body),
+            spec.content_hash(),
+            material.kms_key.key_version,
+            self._clock(),
+        ):
+            return kept
+        self._discard_unwritten(
+            ident,
+            "Superseded",
+            "the spec or the issuer's key changed, or renewal came due, before it was written",
+        )
+        return None
+
+    def _keep_unwritten(self, ident: CertId, signed: Unwritten) -> None:
+        for given_up in self._unwritten.keep(ident, signed):
+            self._delivery(
+                given_up,
+                outcome="discarded",
+                reason="Evicted",
+                message="too many certificates waiting to be written; the oldest is given up",
+            )
+
+    def _settle_unwritten(self, ident: CertId, summary: SecretSummary) -> None:
+        """The Secret is up to date: either with the certificate that waited (a write that
+        succeeded although its answer was lost) or without it."""
+        kept = self._unwritten.pop(ident)
+        if kept is None:
+            return
+        if summary.serial == kept.issued.serial:
+            self._delivery(
+                kept,
+                outcome="written",
+                secret=f"{summary.namespace}/{summary.name}",
+                resourceVersion=summary.resource_version,
+                note="found in the Secret after the write's answer was lost",
+            )
+            return
+        self._delivery(
+            kept,
+            outcome="discarded",
+            reason="Superseded",
+            message="the Secret became up to date without it",
+        )
+
+    def _delivery(self, item: Unwritten, outcome: str, **fields: Any) -> None:
+        """What became of a signed certificate, pointing at its signature record."""
+        self._audit.delivery(
+            item.signature,
+            outcome=outcome,
+            certificate={"namespace": item.cert[0], "name": item.cert[1], "uid": item.uid},
+            serialNumber=item.issued.serial,
+            **fields,
+        )
+
+    def _discard_unwritten(self, ident: CertId, reason: str, message: str) -> None:
+        kept = self._unwritten.pop(ident)
+        if kept is not None:
+            self._delivery(
+                kept,
+                outcome="discarded",
+                reason=reason,
+                message=message,
+            )
 
     async def _reusable_key(
         self, spec: CertificateSpec, summary: SecretSummary | None
@@ -580,7 +823,7 @@ class CertificateController:
             layout.KEY_VERSION: material.kms_key.key_version,
             layout.SPEC_HASH: spec.content_hash(),
             layout.REVISION: str(revision),
-            layout.ISSUED_AT: st.timestamp(_now()) or "",
+            layout.ISSUED_AT: st.timestamp(self._clock()) or "",
         }
         secret: Obj = {
             "apiVersion": "v1",
@@ -651,7 +894,7 @@ class CertificateController:
         revision: int | None = None,
     ) -> Obj:
         """The status of a Ready Certificate (and, as a side effect, its metrics record)."""
-        now = _now()
+        now = self._clock()
         metadata = body["metadata"]
         current = body.get("status") or {}
         previous = st.conditions_by_type(current)
@@ -754,7 +997,7 @@ class CertificateController:
         denied: bool = False,
     ) -> None:
         """Ready=False with a precise reason; the existing Secret is left exactly as it is."""
-        now = _now()
+        now = self._clock()
         metadata = body["metadata"]
         ident = (metadata["namespace"], metadata["name"])
         generation = int(metadata.get("generation") or 0)
@@ -776,11 +1019,8 @@ class CertificateController:
         }
         issuing = None
         if retry:
-            failure = self._failures.get(ident)
-            attempts = failure.attempts + 1 if failure and failure.generation == generation else 1
-            next_retry = now + retry_delay(attempts)
-            self._failures[ident] = Failure(attempts, generation, next_retry)
-            self._schedule(ident, (next_retry - now).total_seconds())
+            failure = self._note_failure(ident, generation)
+            attempts, next_retry = failure.attempts, failure.next_retry
             desired["failedIssuanceAttempts"] = attempts
             desired["lastFailureTime"] = st.timestamp(now)
             desired["nextRetryTime"] = st.timestamp(next_retry)
@@ -833,7 +1073,10 @@ class CertificateController:
         self._metrics.issuances.labels(result, reason).inc()
         self._events.post(body, type="Warning", reason=reason, message=message)
         logger.warning("Certificate %s/%s: %s: %s", ident[0], ident[1], reason, message)
-        await self._patch_status(body, desired)
+        try:
+            await self._patch_status(body, desired)
+        except ApiError as error:  # the retry is scheduled; the status follows with it
+            logger.warning("Certificate %s/%s: status not written: %s", ident[0], ident[1], error)
 
 
 def _key_fits(key: keys.LeafPrivateKey, spec: CertificateSpec) -> bool:

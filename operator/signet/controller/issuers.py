@@ -21,10 +21,18 @@ from cryptography.x509.oid import NameOID
 from signet.api import SpecError
 from signet.api.issuer import IssuerSpec, parse_issuer_spec
 from signet.controller import status as st
-from signet.controller.kubeapi import KubeApi, Obj
+from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.issuance import IssuerMaterial
-from signet.kms.cloudkms import CloudKmsSigner, KmsError, RetryPolicy, SignLimiter
+from signet.kms.cloudkms import (
+    CloudKmsSigner,
+    KmsError,
+    KmsKeyDisabled,
+    KmsKeyNotFound,
+    RetryPolicy,
+    SignLimiter,
+)
 from signet.kms.signer import KmsPublicKey
+from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
 from signet.pki import keys, kmskey
 from signet.pki import ssh as pki_ssh
@@ -49,6 +57,10 @@ class IssuerState:
     spec: IssuerSpec | None = None
     material: IssuerMaterial | None = None
     failures: int = 0
+    permanent: bool = False
+    """A spec error: retrying cannot help until the spec changes (which wakes it)."""
+    bootstrap: str | None = None
+    """Audit id of a CA bootstrap signature made by this resolve, until it is published."""
 
 
 def issuer_id(body: Obj) -> IssuerId:
@@ -61,6 +73,7 @@ class IssuerController:
         self,
         api: KubeApi,
         events: EventPoster,
+        audit: AuditLog,
         *,
         kms_client: Any,
         limiter: SignLimiter,
@@ -72,6 +85,7 @@ class IssuerController:
     ) -> None:
         self._api = api
         self._events = events
+        self._audit = audit
         self._kms_client = kms_client
         self._limiter = limiter
         self._operator_namespace = operator_namespace
@@ -82,6 +96,20 @@ class IssuerController:
         self._signers: dict[str, CloudKmsSigner] = {}
         self.states: dict[IssuerId, IssuerState] = {}
         self.pending: dict[IssuerId, Obj] = {}
+        self._key_facts: dict[str, str] = {}
+        """Last fact audited per key version, so a fact is recorded when it changes."""
+
+    def note_key_fact(self, key_version: str, fact: str, message: str) -> None:
+        """Audit what Signet learned about a key (first use by this process, found
+        disabled or destroyed, usable again), once per change rather than per attempt."""
+        if self._key_facts.get(key_version) == fact:
+            return
+        self._key_facts[key_version] = fact
+        self._audit.key_event(event=fact, keyVersion=key_version, message=message)
+
+    def note_kms_error(self, error: KmsError) -> None:
+        if isinstance(error, KmsKeyDisabled | KmsKeyNotFound):
+            self.note_key_fact(error.key_version, error.reason, str(error))
 
     def signer(self, key_version: str) -> CloudKmsSigner:
         """One signer per key version for the life of the process: its public key is
@@ -111,23 +139,24 @@ class IssuerController:
         kind, namespace, name = ident
         body = self.pending.pop(ident, None)
         if body is None:
-            body = await self._api.get_object(kind, namespace or None, name)
+            try:
+                body = await self._api.get_object(kind, namespace or None, name)
+            except ApiError as error:
+                failures = self.states[ident].failures + 1 if ident in self.states else 1
+                logger.warning("%s %s: could not be read: %s", kind, name, error)
+                self._schedule(ident, retry_delay(failures).total_seconds())
+                return
             if body is None:
                 self.states.pop(ident, None)
                 return
         previous = self.states.get(ident)
-        state = await self._resolve(ident, body)
+        state = await self._resolve(ident, body, previous)
         if state.ready:
             state.failures = 0
             self._schedule(ident, RECHECK.total_seconds())
         else:
             state.failures = (previous.failures if previous else 0) + 1
-            if state.reason not in (
-                "InvalidSpec",
-                "InvalidKeyVersion",
-                "InvalidTrustDomain",
-                "InvalidPolicy",
-            ):
+            if not state.permanent:
                 self._schedule(ident, retry_delay(state.failures).total_seconds())
         self.states[ident] = state
         changed = (
@@ -136,7 +165,31 @@ class IssuerController:
             or previous.spec != state.spec
             or _material_key(previous.material) != _material_key(state.material)
         )
-        await self._write_status(body, state)
+        if state.bootstrap is None and previous is not None and previous.bootstrap is not None:
+            if _ca_serial(previous.material) == _ca_serial(state.material):
+                state.bootstrap = previous.bootstrap  # made earlier, still to be published
+            else:
+                self._audit.delivery(
+                    previous.bootstrap,
+                    outcome="discarded",
+                    reason="Superseded",
+                    message="the issuer changed before its bootstrap CA was published",
+                )
+        try:
+            await self._write_status(body, state)
+        except ApiError as error:
+            logger.warning("%s %s: status not written: %s", kind, name, error)
+            self._schedule(ident, retry_delay(max(state.failures, 1)).total_seconds())
+        else:
+            if state.bootstrap is not None:
+                self._audit.delivery(
+                    state.bootstrap,
+                    outcome="published",
+                    issuer=f"{kind}/{namespace + '/' if namespace else ''}{name}",
+                    serialNumber=_ca_serial(state.material),
+                    target="status.caCertificate",
+                )
+                state.bootstrap = None
         if changed:
             if state.ready:
                 self._events.post(body, type="Normal", reason="Ready", message=state.message)
@@ -144,17 +197,24 @@ class IssuerController:
                 self._events.post(body, type="Warning", reason=state.reason, message=state.message)
             self._on_change(ident)
 
-    async def _resolve(self, ident: IssuerId, body: Obj) -> IssuerState:
+    async def _resolve(
+        self, ident: IssuerId, body: Obj, previous: IssuerState | None
+    ) -> IssuerState:
         kind, namespace, name = ident
         try:
             spec = parse_issuer_spec(kind, name, namespace or None, body.get("spec") or {})
         except SpecError as error:
-            return IssuerState(False, error.reason, error.message)
+            return IssuerState(False, error.reason, error.message, permanent=True)
         signer = self.signer(spec.key_version)
+        bootstrap: list[str] = []
         try:
             kms_key = await signer.public_key()
-            chain = await self._ca_chain(spec, kms_key, signer, body)
+            self.note_key_fact(
+                spec.key_version, "KeyVersionInUse", f"{spec.ref} signs with {kms_key.algorithm}"
+            )
+            chain = await self._ca_chain(spec, kms_key, signer, body, previous, bootstrap)
         except KmsError as error:
+            self.note_kms_error(error)
             return IssuerState(False, error.reason, str(error), spec)
         except SpecError as error:
             return IssuerState(False, error.reason, error.message, spec)
@@ -163,7 +223,7 @@ class IssuerController:
             try:
                 pki_ssh.check_ssh_ca_algorithm(kms_key.algorithm)
             except ValueError as error:
-                return IssuerState(False, "SSHUnsupportedKey", str(error), spec)
+                return IssuerState(False, "SSHUnsupportedKey", str(error), spec, permanent=True)
             ssh_line = pki_ssh.public_key_line(kms_key.public_key, f"signet-{name}")
         material = IssuerMaterial(spec, signer, kms_key, chain, ssh_line)
         what = ", ".join(p for p in ("X.509" if chain else "", "SSH" if ssh_line else "") if p)
@@ -173,11 +233,20 @@ class IssuerController:
             f"signing {what} with {spec.key_version} ({kms_key.algorithm})",
             spec,
             material,
+            bootstrap=bootstrap[0] if bootstrap else None,
         )
 
     async def _ca_chain(
-        self, spec: IssuerSpec, kms_key: KmsPublicKey, signer: CloudKmsSigner, body: Obj
+        self,
+        spec: IssuerSpec,
+        kms_key: KmsPublicKey,
+        signer: CloudKmsSigner,
+        body: Obj,
+        previous: IssuerState | None,
+        bootstrap: list[str],
     ) -> CaChain | None:
+        """The issuer's CA chain; a self-signed bootstrap appends the audit id of its
+        signature to ``bootstrap``."""
         if spec.ca_secret is not None:
             namespace = spec.namespace or spec.ca_secret.namespace or self._operator_namespace
             secret = await self._api.get_secret(namespace, spec.ca_secret.name)
@@ -199,18 +268,46 @@ class IssuerController:
                 ) from None
         if spec.self_signed is None:
             return None
-        existing = _usable_self_signed(body, kms_key, spec)
-        if existing is not None:
-            return CaChain((existing,))
+        # The one in status, else one this process bootstrapped and could not publish yet:
+        # a failed status write must not cost a second bootstrap signature.
+        pem = (body.get("status") or {}).get("caCertificate")
+        remembered = previous.material if previous is not None else None
+        candidates = [pem.encode()] if isinstance(pem, str) else []
+        if remembered is not None and remembered.chain is not None:
+            candidates.append(remembered.chain.issuer.public_bytes(serialization.Encoding.PEM))
+        for candidate in candidates:
+            existing = _usable_self_signed(candidate, kms_key, spec)
+            if existing is not None:
+                return CaChain((existing,))
         self_signed = spec.self_signed
-        certificate = await kmskey.sign_in_thread(
-            signer,
-            lambda ca: pki_x509.build_self_signed_ca(
-                ca,
-                _ca_subject(self_signed.common_name, self_signed.organization),
-                self_signed.duration,
-                trust_domain=spec.trust_domain,
-            ),
+        fields: dict[str, Any] = {
+            "purpose": "ca-bootstrap",
+            "issuer": spec.ref,
+            "keyVersion": spec.key_version,
+            "keyAlgorithm": kms_key.algorithm,
+        }
+        try:
+            certificate = await kmskey.sign_in_thread(
+                signer,
+                lambda ca: pki_x509.build_self_signed_ca(
+                    ca,
+                    _ca_subject(self_signed.common_name, self_signed.organization),
+                    self_signed.duration,
+                    trust_domain=spec.trust_domain,
+                ),
+            )
+        except kmskey.SignatureSpentError as error:
+            self._audit.signature(**fields, outcome="spent-unused", error=str(error))
+            raise
+        bootstrap.append(
+            self._audit.signature(
+                **fields,
+                outcome="signed",
+                serialNumber=format(certificate.serial_number, "x"),
+                subject=certificate.subject.rfc4514_string(),
+                notBefore=st.timestamp(certificate.not_valid_before_utc),
+                notAfter=st.timestamp(certificate.not_valid_after_utc),
+            )
         )
         logger.info("bootstrapped self-signed CA for %s with %s", spec.ref, spec.key_version)
         return CaChain((certificate,))
@@ -260,6 +357,12 @@ class IssuerController:
         await self._api.patch_status(kind, namespace or None, name, patch)
 
 
+def _ca_serial(material: IssuerMaterial | None) -> str | None:
+    if material is None or material.chain is None:
+        return None
+    return format(material.chain.issuer.serial_number, "x")
+
+
 def _material_key(material: IssuerMaterial | None) -> tuple[str, str, str] | None:
     if material is None:
         return None
@@ -279,18 +382,17 @@ def _ca_subject(common_name: str, organization: str | None) -> x509.Name:
 
 
 def _usable_self_signed(
-    body: Obj, kms_key: KmsPublicKey, spec: IssuerSpec
+    pem: bytes, kms_key: KmsPublicKey, spec: IssuerSpec
 ) -> x509.Certificate | None:
-    """The bootstrap CA already in status, if it is still right for this key and spec.
+    """A bootstrap CA made earlier, if it is still right for this key and spec.
 
     Reusing it keeps the trust anchor stable across restarts and spends no signature; a
     CA within the last third of its life is replaced so leaves never outlive their CA.
     """
-    pem = (body.get("status") or {}).get("caCertificate")
-    if not pem or spec.self_signed is None:
+    if spec.self_signed is None:
         return None
     try:
-        certificate = x509.load_pem_x509_certificate(pem.encode())
+        certificate = x509.load_pem_x509_certificate(pem)
     except ValueError:
         return None
     fmt = serialization.PublicFormat.SubjectPublicKeyInfo

@@ -6,13 +6,22 @@ aiohttp on the operator's event loop, with credentials from kopf's own login fun
 ``kubernetes`` client is not used here on purpose: it is synchronous (every call a thread
 hop), turns responses into generated model objects, and importing it costs the operator
 about 45 MiB of its 200 MiB budget (see ``bench/README.md``).
+
+Like client-go, a call rides out what a healthy control plane does now and then (an
+apiserver restarting behind a load balancer, priority-and-fairness answering 429, an idle
+keep-alive connection closed under us) with a few retries, jittered so that many workers
+do not come back in step, and bounded in attempts and time so that a reconcile still ends.
+Callers see one exception type, :class:`ApiError`, whatever went wrong on the way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import os
+import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
@@ -29,16 +38,44 @@ Login = Callable[[], kopf.ConnectionInfo | None]
 PLURALS = {"Certificate": "certificates", "Issuer": "issuers", "ClusterIssuer": "clusterissuers"}
 MERGE_PATCH = "application/merge-patch+json"
 
+CONNECTION_ERROR = "ConnectionError"
+"""``ApiError.reason`` when no answer came: refused, reset, closed mid-answer."""
+TIMEOUT = "Timeout"
+"""``ApiError.reason`` when no answer came within the per-request timeout."""
+TLS_ERROR = "TLSError"
+"""``ApiError.reason`` when the server's certificate was not trusted: retrying cannot help."""
+INVALID_RESPONSE = "InvalidResponse"
+"""``ApiError.reason`` when an answer came but could not be read as one."""
+NO_ANSWER = 0
+"""``ApiError.status`` when the apiserver gave no HTTP answer at all."""
+_TRANSIENT_REASONS = frozenset({CONNECTION_ERROR, TIMEOUT})
+MIN_RETRY_TIMEOUT = 0.5
+"""A retry is not started with less time than this left before the deadline."""
+
 
 class ApiError(Exception):
-    """A non-2xx answer. ``message`` is the apiserver's own explanation (its Status
-    message), never the request body, so it is safe to put in a condition or an Event."""
+    """A non-2xx answer, or no usable answer at all (``status`` 0, ``reason`` saying why).
+    ``message`` is the apiserver's own explanation (its Status message) or the client's
+    description of the failure, never the request body, so it is safe to put in a condition
+    or an Event."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"HTTP {status} {reason}: {message}")
+    def __init__(self, status: int, reason: str, message: str, *, attempts: int = 1) -> None:
+        text = f"HTTP {status} {reason}: {message}" if status else f"{reason}: {message}"
+        super().__init__(text + (f" (after {attempts} attempts)" if attempts > 1 else ""))
         self.status = status
         self.reason = reason
         self.message = message
+        self.attempts = attempts
+        """How many requests were made before giving up (retries included)."""
+
+    @property
+    def transient(self) -> bool:
+        """Whether the same request may well succeed later: throttled (429), a server-side
+        failure (5xx), or no answer (connection lost, timeout). A caller that keeps state
+        should retry later rather than report the object broken."""
+        if self.status == NO_ANSWER:
+            return self.reason in _TRANSIENT_REASONS
+        return self.status == 429 or self.status >= 500
 
 
 def login_from_environment(
@@ -76,17 +113,48 @@ def open_session(
 
 
 class KubeApi:
+    """The apiserver client: one session, shared, logged in lazily and again after a 401.
+
+    Retries follow client-go: throttling (429, after its ``Retry-After``), server errors
+    (500, 502, 503, 504), lost connections and timeouts are tried again with exponential
+    backoff and jitter, at most ``attempts`` requests in all, and none started once
+    ``retry_deadline`` seconds have passed since the call began. A retry gets what is left
+    of that budget as its timeout (never more than ``timeout``), so a call ends within
+    about ``max(timeout, retry_deadline)``.
+
+    Every method is retried, POST included: a create that reached etcd before the
+    connection broke comes back as 409 AlreadyExists on the retry, which every caller
+    already treats as "someone (here: we) wrote it"; a PUT carrying ``resourceVersion``
+    comes back as 409 Conflict in the same case. Merge patches are idempotent.
+    """
+
     def __init__(
         self,
         login: Login = login_from_environment,
         *,
         connections: int = 16,
-        timeout: float = 60.0,
+        timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        attempts: int = 5,
+        retry_deadline: float = 30.0,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_retry_after: float = 10.0,
     ) -> None:
+        """``timeout`` bounds each request (connect, send, answer read in full);
+        ``backoff`` is the first wait between attempts, doubled each time up to
+        ``max_backoff``; a ``Retry-After`` longer than ``max_retry_after`` is cut to it."""
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
         self._login = login
         self._connections = connections
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._request_timeout = timeout
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        self._attempts = attempts
+        self._retry_deadline = retry_deadline
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._max_retry_after = max_retry_after
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
 
@@ -99,9 +167,11 @@ class KubeApi:
         return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        # Forgotten before it is closed: a call starting meanwhile logs in anew rather than
+        # picking up a session that is going away.
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def request(
         self,
@@ -112,26 +182,69 @@ class KubeApi:
         params: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Obj:
-        """One call, decoded. A 401 logs in again once: projected tokens rotate."""
+        """One call, decoded, retried as the class says. A 401 logs in again once (projected
+        tokens rotate) without counting as an attempt. Raises only :class:`ApiError`."""
         data = None if body is None else json.dumps(body, separators=(",", ":"))
-        for attempt in (1, 2):
-            session = self._session or self._connect()
-            async with session.request(
-                method,
-                self._server + path,
-                data=data,
-                params=params,
-                headers={"Content-Type": content_type} if data is not None else None,
-            ) as response:
-                payload = await response.read()
-                if response.status == 401 and attempt == 1:
+        headers = {"Content-Type": content_type} if data is not None else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._retry_deadline
+        budget = self._request_timeout
+        logged_in_again = False
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                async with asyncio.timeout(budget):
+                    session = self._session or self._connect()
+                    async with session.request(
+                        method, self._server + path, data=data, params=params, headers=headers
+                    ) as response:
+                        payload = await response.read()
+                        status, reason = response.status, response.reason or ""
+                        retry_after = _retry_after(response.headers.get("Retry-After"))
+            except TimeoutError as error:  # aiohttp's own timeouts are TimeoutErrors too
+                failure = ApiError(NO_ANSWER, TIMEOUT, _describe(error, budget), attempts=attempt)
+            except aiohttp.ClientConnectorCertificateError as error:
+                raise ApiError(NO_ANSWER, TLS_ERROR, _describe(error), attempts=attempt) from None
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
+                failure = ApiError(NO_ANSWER, CONNECTION_ERROR, _describe(error), attempts=attempt)
+            except aiohttp.ClientError as error:
+                raise ApiError(
+                    NO_ANSWER, INVALID_RESPONSE, _describe(error), attempts=attempt
+                ) from None
+            except OSError as error:  # a socket error aiohttp did not wrap
+                failure = ApiError(NO_ANSWER, CONNECTION_ERROR, _describe(error), attempts=attempt)
+            else:
+                if status == 401 and not logged_in_again:
                     logger.warning("apiserver answered 401; logging in again")
+                    logged_in_again = True
+                    attempt -= 1
                     await self.close()
                     continue
-                if response.status >= 400:
-                    raise ApiError(response.status, response.reason or "", _message(payload))
-                return json.loads(payload) if payload else {}
-        raise AssertionError("unreachable: the second attempt returns or raises")
+                if status < 400:
+                    return _decode(status, payload, attempt)
+                failure = ApiError(status, reason, _message(payload), attempts=attempt)
+            if not failure.transient or attempt >= self._attempts:
+                raise failure
+            if retry_after is not None:
+                delay = min(retry_after, self._max_retry_after)
+            else:
+                ceiling = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
+                delay = random.uniform(ceiling / 2, ceiling)
+            budget = min(self._request_timeout, deadline - loop.time() - delay)
+            if budget < min(self._request_timeout, MIN_RETRY_TIMEOUT):
+                raise failure  # out of time: a retry this short would only add load
+            logger.warning(
+                "%s %s: %s; retrying in %.2fs (attempt %d of %d)",
+                method,
+                path,
+                _summary(failure),
+                delay,
+                attempt + 1,
+                self._attempts,
+            )
+            await asyncio.sleep(delay)
 
     async def _get_or_none(self, path: str) -> Obj | None:
         try:
@@ -229,6 +342,12 @@ class KubeApi:
     async def create_event(self, namespace: str, body: Obj) -> None:
         await self.request("POST", _core_path("events", namespace), body)
 
+    async def patch_event(self, namespace: str, name: str, patch: Obj) -> Obj:
+        """Merge-patch an Event (a repeat: ``count``, ``lastTimestamp``). An Event that is
+        gone (they expire an hour after their last write, by default) raises 404."""
+        path = _core_path("events", namespace, name)
+        return await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
+
 
 def _peering_kind(namespace: str | None) -> tuple[str, str]:
     """kopf's peering object: namespaced for a namespaced operator, else cluster-wide."""
@@ -259,3 +378,41 @@ def _message(payload: bytes) -> str:
     except (ValueError, AttributeError):
         message = None
     return str(message or payload[:200].decode("utf-8", "replace")).strip()[:512]
+
+
+def _decode(status: int, payload: bytes, attempts: int) -> Obj:
+    try:
+        decoded = json.loads(payload) if payload else {}
+    except ValueError:
+        raise ApiError(
+            status, INVALID_RESPONSE, "the answer is not JSON", attempts=attempts
+        ) from None
+    if not isinstance(decoded, dict):
+        raise ApiError(status, INVALID_RESPONSE, "the answer is not an object", attempts=attempts)
+    return decoded
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds, as the apiserver sends it; None if absent or a date."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return None if math.isnan(seconds) else max(seconds, 0.0)
+
+
+def _describe(error: BaseException, timeout: float | None = None) -> str:
+    """What went wrong, for a message: the exception's kind and text (addresses, errno),
+    never anything from the request."""
+    text = str(error).strip()
+    if timeout is not None and not text:
+        text = f"no answer within {timeout:.1f}s"
+    return f"{type(error).__name__}: {text}"[:512] if text else type(error).__name__
+
+
+def _summary(error: ApiError) -> str:
+    if error.status == NO_ANSWER:
+        return f"{error.reason} ({error.message})"
+    return f"HTTP {error.status} {error.reason}"

@@ -98,6 +98,7 @@ class Runtime:
         self.issuers = IssuerController(
             self.api,
             self.events,
+            self.audit,
             kms_client=self.kms,
             limiter=self.limiter,
             operator_namespace=config.operator_namespace,

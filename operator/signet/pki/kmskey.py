@@ -44,6 +44,7 @@ __all__ = [
     "KmsRsaPrivateKey",
     "KmsSignatureMismatchError",
     "SignCallback",
+    "SignatureSpentError",
     "kms_private_key",
     "sign_certificate",
     "sign_in_thread",
@@ -64,6 +65,19 @@ class KeyNotExportableError(TypeError):
 
 class KmsSignatureMismatchError(ValueError):
     """A builder asked for a signature scheme the KMS key version cannot produce."""
+
+
+class SignatureSpentError(RuntimeError):
+    """KMS returned a signature, then the builder failed: the signature is spent (billed
+    and in KMS's audit log) without a certificate to show for it. Callers audit it as such
+    rather than let it vanish behind an ordinary error."""
+
+    def __init__(self, key_version: str, cause: BaseException) -> None:
+        super().__init__(
+            f"signature from {key_version} spent, then building failed: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.key_version = key_version
 
 
 class _KmsKey:
@@ -300,11 +314,12 @@ async def sign_in_thread(
     """
     kms_key = await signer.public_key()
     loop = asyncio.get_running_loop()
+    signed = threading.Event()
 
     def callback(data: bytes) -> bytes:
         future = asyncio.run_coroutine_threadsafe(signer.sign(data), loop)
         try:
-            return future.result(sign_timeout)
+            signature = future.result(sign_timeout)
         except concurrent.futures.TimeoutError:
             if future.done():
                 raise  # the signer itself raised TimeoutError: report it as it is
@@ -312,9 +327,16 @@ async def sign_in_thread(
             raise TimeoutError(
                 f"KMS did not sign with {signer.key_version} within {sign_timeout:g}s"
             ) from None
+        signed.set()
+        return signature
 
     key = kms_private_key(kms_key, callback)
-    result = await asyncio.to_thread(build, key)
+    try:
+        result = await asyncio.to_thread(build, key)
+    except Exception as error:
+        if signed.is_set():
+            raise SignatureSpentError(signer.key_version, error) from error
+        raise
     if key.sign_count != 1:
         raise RuntimeError(
             f"certificate builder returned without signing with {signer.key_version}"

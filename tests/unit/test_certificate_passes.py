@@ -1,0 +1,406 @@
+"""Reconcile passes as table rows: given objects, issuer state and API faults, expect these
+API calls, this status, these audit records and this next look.
+
+The Kubernetes side is `tests.recorded_kube.RecordedKube` (every call recorded); KMS is the
+real emulator through the real google-cloud-kms client, so the signature count is KMS's own.
+The clock is injected: a row moves time instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from signet.controller.certificates import CertificateController
+from signet.controller.issuers import IssuerController
+from signet.controller.trust import TrustPublisher
+from signet.kms.cloudkms import SignLimiter, close_client, create_client
+from signet.kms.emulator import Counters, EmulatorServer
+from signet.observe.audit import AuditLog
+from signet.observe.events import EventPoster
+from signet.observe.metrics import Metrics
+from tests.kms_fixtures import KeyFactory
+from tests.operator.harness import certificate_manifest, issuer_manifest
+from tests.recorded_kube import RecordedKube
+
+T = TypeVar("T")
+NS = "team-a"
+CERT = (NS, "web")
+ISSUER = ("Issuer", NS, "ca")
+START = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
+
+
+class Bed:
+    """One controller pair over a RecordedKube, on the real KMS emulator."""
+
+    def __init__(self, address: str, audit_path: Path) -> None:
+        self.api = RecordedKube()
+        self.now = datetime.datetime.now(datetime.UTC)
+        self.scheduled: list[tuple[Any, float]] = []
+        self.changed: list[Any] = []
+        self.audit = AuditLog(audit_path)
+        self.audit_path = audit_path
+        self.kms = create_client(address)
+        self.events = EventPoster(self.api, home_namespace="signet-system")
+        self.issuers = IssuerController(
+            self.api,  # type: ignore[arg-type]  # the recorded stand-in of KubeApi
+            self.events,
+            self.audit,
+            kms_client=self.kms,
+            limiter=SignLimiter(None, max_concurrency=4),
+            operator_namespace="signet-system",
+            on_change=self.changed.append,
+            schedule=lambda ident, delay: self.scheduled.append((ident, delay)),
+        )
+        self.certificates = CertificateController(
+            self.api,  # type: ignore[arg-type]
+            self.events,
+            self.audit,
+            Metrics(),
+            self.issuers,
+            TrustPublisher(self.api),  # type: ignore[arg-type]
+            schedule=lambda ident, delay: self.scheduled.append((ident, delay)),
+            namespace_labels=self._labels,
+            clock=lambda: self.now,
+        )
+
+    async def _labels(self, namespace: str) -> dict[str, str] | None:
+        return {}
+
+    async def issuer(self, key_version: str, **spec: Any) -> None:
+        self.api.put("Issuer", issuer_manifest("ca", key_version, namespace=NS, **spec))
+        await self.issuers.reconcile(ISSUER)
+        await self.events.drain()
+
+    def certificate(self, **spec: Any) -> None:
+        self.api.put("Certificate", certificate_manifest("web", NS, "ca", **spec))
+
+    def watch(self, kind: str = "Certificate") -> Any:
+        """Deliver the stored object as its watch event would; the ident if a pass is due."""
+        body = self.api.get(kind, NS, "web" if kind == "Certificate" else "web-identity")
+        assert body is not None
+        if kind == "Secret":
+            self.certificates.observe_secret(body, deleted=False)
+            return None
+        return self.certificates.observe_certificate(body, deleted=False)
+
+    async def reconcile(self) -> None:
+        self.scheduled.clear()
+        self.api.calls.clear()
+        await self.certificates.reconcile(CERT)
+        await self.events.drain()
+
+    def status(self) -> dict[str, Any]:
+        body = self.api.get("Certificate", *CERT)
+        assert body is not None
+        return dict(body.get("status") or {})
+
+    def ready(self) -> tuple[str, str]:
+        (ready,) = [c for c in self.status()["conditions"] if c["type"] == "Ready"]
+        return ready["status"], ready["reason"]
+
+    def next_look(self) -> float:
+        delays = [delay for ident, delay in self.scheduled if ident == CERT]
+        assert delays, f"nothing scheduled for {CERT}"
+        return min(delays)
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        lines = self.audit_path.read_text().splitlines() if self.audit_path.exists() else []
+        return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        """Delivery records of Certificates (not of the issuer's CA)."""
+        return [r for r in self.records("signet.dev/delivery") if "certificate" in r]
+
+    def secret(self) -> dict[str, Any]:
+        secret = self.api.get("Secret", NS, "web-identity")
+        assert secret is not None
+        return secret
+
+    async def close(self) -> None:
+        await self.events.close(within=1)
+        await close_client(self.kms)
+
+
+@pytest.fixture
+def bed(
+    kms_emulator: EmulatorServer, tmp_path: Path
+) -> Callable[[Callable[[Bed], Coroutine[Any, Any, T]]], T]:
+    """Run ``scenario(bed)`` on a fresh event loop with a fresh Bed."""
+
+    def run(scenario: Callable[[Bed], Coroutine[Any, Any, T]]) -> T:
+        async def main() -> T:
+            bed = Bed(kms_emulator.address, tmp_path / "audit.jsonl")
+            try:
+                return await scenario(bed)
+            finally:
+                await bed.close()
+
+        return asyncio.run(main())
+
+    return run
+
+
+def _signs(counters: Counters, key_version: str) -> int:
+    return counters.count("AsymmetricSign", key_version, "OK")
+
+
+def test_first_issuance_writes_secret_bundle_status_and_two_records(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.certificate()
+        assert bed.watch() == CERT
+        await bed.reconcile()
+        assert [m for m, _ in bed.api.writes()] == [
+            "create_secret",
+            "apply_configmap",
+            "patch_status",
+            "create_event",
+        ]
+        assert bed.ready() == ("True", "Ready")
+        (signature,) = [
+            r for r in bed.records("signet.dev/signature") if r["purpose"] == "certificate"
+        ]
+        (delivery,) = bed.deliveries()
+        assert delivery["outcome"] == "written"
+        assert delivery["serialNumber"] == signature["serialNumber"] == bed.status()["serialNumber"]
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2  # the CA bootstrap and the leaf
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_a_failed_secret_write_keeps_the_signature_for_the_next_pass(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters, status: int
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.certificate()
+        bed.api.fail("create_secret", status)
+        await bed.reconcile()
+        assert bed.ready() == ("False", "SecretWriteFailed")
+        assert "kept" in bed.status()["conditions"][0]["message"]
+        assert bed.next_look() == pytest.approx(2)
+        assert bed.watch() is None  # its own failure status does not start a pass
+        bed.now += datetime.timedelta(seconds=2)
+        await bed.reconcile()
+        assert bed.ready() == ("True", "Ready")
+        deliveries = bed.deliveries()
+        assert [d["outcome"] for d in deliveries] == ["write-failed", "written"]
+        assert deliveries[0]["signature"] == deliveries[1]["signature"]
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2  # bootstrap + one leaf, whatever the write did
+
+
+def test_a_refused_secret_write_is_not_signed_again(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+) -> None:
+    """403 (RBAC) fails the same way every time: the pass that follows its own status
+    tries the kept certificate once more, costs no signature and writes no status."""
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.certificate()
+        bed.api.fail("create_secret", 403, times=2)
+        await bed.reconcile()
+        assert bed.ready() == ("False", "SecretWriteFailed")
+        assert [ident for ident, _ in bed.scheduled if ident == CERT] == []
+        assert bed.watch() == CERT
+        await bed.reconcile()
+        assert [m for m, _ in bed.api.writes()] == ["create_secret"]
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2
+
+
+def test_a_write_applied_but_answered_with_an_error_is_recognised(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+) -> None:
+    """The response was lost after the apiserver stored the Secret: the next pass finds
+    its own certificate there and records it as written, without a second signature."""
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.certificate()
+        bed.api.fail("create_secret", 503, applied=True)
+        await bed.reconcile()
+        assert bed.ready() == ("False", "SecretWriteFailed")
+        bed.watch("Secret")  # the watch brings the Secret that did get stored
+        bed.now += datetime.timedelta(seconds=2)
+        await bed.reconcile()
+        assert bed.ready() == ("True", "Ready")
+        assert [m for m, _ in bed.api.writes()] == ["apply_configmap", "patch_status"]
+        deliveries = bed.deliveries()
+        assert [d["outcome"] for d in deliveries] == ["write-failed", "written"]
+        assert "lost" in deliveries[1]["note"]
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2
+
+
+def test_a_conflict_rereads_the_secret_and_writes_the_kept_certificate(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.certificate()
+        await bed.reconcile()
+        # Renewal requested; someone else's write lands between our read and our write.
+        body = bed.api.get("Certificate", *CERT)
+        assert body is not None
+        body["spec"]["duration"] = "48h"
+        body["metadata"]["generation"] = 2
+        bed.api.fail("replace_secret", 409, reason="Conflict")
+        await bed.reconcile()
+        assert ("get_object", ("Secret", NS, "web-identity")) in [
+            (c.method, c.key) for c in bed.api.calls
+        ]
+        assert bed.next_look() == 0
+        await bed.reconcile()
+        assert bed.status()["revision"] == 2
+        outcomes = [d["outcome"] for d in bed.deliveries()]
+        assert outcomes == ["written", "write-failed", "written"]
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 3
+
+
+def test_a_kept_certificate_for_an_old_spec_is_discarded_and_audited(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.certificate()
+        bed.api.fail("create_secret", 503)
+        await bed.reconcile()
+        body = bed.api.get("Certificate", *CERT)
+        assert body is not None
+        body["spec"]["x509"]["dnsNames"] = [f"api.{NS}.svc"]
+        body["metadata"]["generation"] = 2
+        assert bed.watch() == CERT  # a new generation does not wait out the backoff
+        await bed.reconcile()
+        assert bed.ready() == ("True", "Ready")
+        outcomes = [(d["outcome"], d.get("reason")) for d in bed.deliveries()]
+        assert outcomes == [("write-failed", None), ("discarded", "Superseded"), ("written", None)]
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 3
+
+
+def test_a_missing_issuer_backs_off_and_wakes_when_it_appears(
+    bed: Any, kms_key_factory: KeyFactory
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        bed.certificate()
+        delays = []
+        for _ in range(4):
+            await bed.reconcile()
+            assert bed.ready() == ("False", "IssuerNotFound")
+            delays.append(bed.next_look())
+            assert bed.watch() is None  # its own status does not start a pass
+            bed.scheduled.clear()
+            await bed.reconcile()  # woken early (say, its Secret changed): waits on
+            assert bed.api.writes() == [] and bed.next_look() == pytest.approx(delays[-1])
+            bed.now += datetime.timedelta(seconds=delays[-1])
+        assert delays == [2, 4, 8, 16]
+        assert bed.status()["failedIssuanceAttempts"] == 4
+        await bed.issuer(key)
+        assert ISSUER in bed.changed
+        bed.scheduled.clear()
+        bed.certificates.on_issuer_change(ISSUER)
+        assert bed.next_look() == 0
+        await bed.reconcile()
+        assert bed.ready() == ("True", "Ready")
+
+    bed(scenario)
+
+
+def test_an_issuer_that_is_not_ready_backs_off(bed: Any) -> None:
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer("projects/p/locations/l/keyRings/r/cryptoKeys/none/cryptoKeyVersions/1")
+        bed.certificate()
+        await bed.reconcile()
+        assert bed.ready() == ("False", "IssuerNotReady")
+        assert bed.next_look() == pytest.approx(2)
+        await bed.reconcile()
+        assert bed.api.writes() == []
+
+    bed(scenario)
+
+
+def test_no_exception_leaves_a_pass_without_a_status(bed: Any, kms_key_factory: KeyFactory) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.certificate()
+        bed.api.fail("get_object", 503)  # the Certificate cannot even be read
+        await bed.certificates.reconcile(CERT)
+        assert bed.next_look() == pytest.approx(2)
+        bed.api.fail("patch_status", 500)  # written, but Ready cannot be reported
+        bed.now += datetime.timedelta(seconds=2)
+        await bed.reconcile()
+        assert bed.ready() == ("False", "APIError")
+        assert bed.next_look() == pytest.approx(2)
+        bed.now += datetime.timedelta(seconds=2)
+        await bed.reconcile()
+        assert bed.ready() == ("True", "Ready")
+        assert [m for m, _ in bed.api.writes()] == ["patch_status"]  # no second write
+
+    bed(scenario)
+
+
+def test_an_invalid_issuer_spec_is_not_retried(bed: Any, kms_key_factory: KeyFactory) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256")
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key, policy={"maxDuration": "forever"})
+        state = bed.issuers.states[ISSUER]
+        assert (state.ready, state.reason, state.permanent) == (False, "InvalidDuration", True)
+        assert [ident for ident, _ in bed.scheduled] == []
+
+    bed(scenario)
+
+
+def test_a_ca_bootstrap_is_signed_once_even_when_its_status_write_fails(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        bed.api.fail("patch_status", 503)
+        await bed.issuer(key)
+        assert bed.issuers.states[ISSUER].ready
+        assert bed.records("signet.dev/delivery") == []
+        await bed.issuers.reconcile(ISSUER)
+        (signature,) = bed.records("signet.dev/signature")
+        assert signature["purpose"] == "ca-bootstrap"
+        (published,) = bed.records("signet.dev/delivery")
+        assert published["outcome"] == "published"
+        assert published["serialNumber"] == signature["serialNumber"]
+        (first_use,) = bed.records("signet.dev/key")
+        assert (first_use["event"], first_use["keyVersion"]) == ("KeyVersionInUse", key)
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 1
