@@ -48,7 +48,8 @@ pytestmark = pytest.mark.cluster
         (
             {"x509": {"ipAddresses": ["10.0.0.1"]}},
             "IPAddressNotAllowed",
-            "spec.x509.ipAddresses[0] '10.0.0.1' is in none of policy.allowedIPRanges []",
+            "spec.x509.ipAddresses[0] '10.0.0.1' is not allowed: "
+            "policy.allowedIPRanges is empty, so none are granted",
         ),
         (
             {"duration": "4000h", "x509": {"dnsNames": ["a.{ns}.svc"]}},

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import base64
 import datetime
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -238,3 +241,41 @@ def delete_namespace(kube: Kube, name: str) -> None:
     except kubernetes.client.ApiException as error:
         if error.status != 404:
             raise
+
+
+def signet_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``signet ARGS`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "signet.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def assert_signatures_accounted(
+    operators: Iterable[OperatorProcess], kms_audit: Path, key_version: str
+) -> int:
+    """Every KMS signature made with ``key_version`` (a key of the test's own) has exactly
+    one Signet audit record, matched one to one by `signet audit reconcile` against the
+    emulator's data-access log, and every audit file's hash chain verifies. Returns the
+    number of signatures."""
+    files = [str(o.audit_log) for o in operators]
+    verify = signet_cli("audit", "verify", *files)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    result = signet_cli(
+        "audit",
+        "reconcile",
+        "--json",
+        f"--kms-log={kms_audit}",
+        f"--key-prefix={key_version}",
+        *files,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return sum(
+        1
+        for o in operators
+        for r in o.audit_all()
+        if r["kind"] == "signet.dev/signature" and r["keyVersion"] == key_version
+    )

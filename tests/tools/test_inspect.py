@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,9 @@ def test_a_key_that_does_not_fit_is_reported(
 
 
 def test_ssh_secret_matches_ssh_keygen(
-    crds: Kube, namespace: str, issuer: dict[str, Any], tmp_path: Path
+    crds: Kube, namespace: str, make_issuer: Callable[..., dict[str, Any]], tmp_path: Path
 ) -> None:
+    make_issuer(policy={"allowedSSHCriticalOptions": ["force-command", "source-address"]})
     principal = f"{namespace}-deploy"
     crds.apply(
         certificate_manifest(
