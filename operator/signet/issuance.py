@@ -4,6 +4,10 @@ This is the one place that spends a KMS signature on a workload: generate (or re
 leaf key, build the certificate, sign it once through the issuer's KMS key, and lay the
 result out as cert-manager-compatible Secret data plus descriptive annotations. No
 Kubernetes client here; the controller writes what this returns.
+
+What a certificate will say (serial, validity, names, key) is settled before KMS is asked,
+so its audit record can be written the moment the signature exists, from the signing
+thread, before anything else can happen to it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
-from dataclasses import dataclass, field
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -27,6 +34,11 @@ from signet.policy import spiffe_id
 from signet.secrets import layout
 
 PEM = serialization.Encoding.PEM
+
+SignatureRecorder = Callable[[dict[str, Any]], str]
+"""Writes the audit record of a signature from what issuance knows of it (serial,
+validity, names, subject key) and returns the record's id. Called once per signature, in
+the signing thread, as soon as KMS answers."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,8 @@ class Issued:
     not_before: datetime.datetime
     not_after: datetime.datetime
     public_key_fingerprint: str
-    audit: dict[str, object] = field(default_factory=dict)
+    signature: str
+    """The audit id of the signature record."""
     spiffe_id: str | None = None
 
 
@@ -92,17 +105,40 @@ async def issue(
     *,
     namespace: str,
     name: str,
+    record: SignatureRecorder,
     reuse_key: keys.LeafPrivateKey | None = None,
 ) -> Issued:
-    """Sign one identity. Raises ValueError for requests pki refuses and KmsError for KMS."""
+    """Sign one identity. Raises ValueError for requests pki refuses, KmsError for KMS and
+    SignatureSpentError (its ``signature`` set) for a signature that could not be used."""
     key = await _leaf_key(spec, reuse_key)
     if spec.ssh is not None:
-        return await _issue_ssh(material, spec, namespace, name, key)
-    return await _issue_x509(material, spec, namespace, key)
+        return await _issue_ssh(material, spec, namespace, name, key, record)
+    return await _issue_x509(material, spec, namespace, key, record)
+
+
+async def _sign_recorded(
+    material: IssuerMaterial,
+    build: Callable[[kmskey.KmsPrivateKey], Any],
+    record: SignatureRecorder,
+    fields: dict[str, Any],
+) -> tuple[Any, str]:
+    recorded: list[str] = []
+    try:
+        result = await kmskey.sign_in_thread(
+            material.signer, build, on_signed=lambda: recorded.append(record(fields))
+        )
+    except kmskey.SignatureSpentError as error:
+        error.signature = recorded[0] if recorded else None
+        raise
+    return result, recorded[0]
 
 
 async def _issue_x509(
-    material: IssuerMaterial, spec: CertificateSpec, namespace: str, key: keys.LeafPrivateKey
+    material: IssuerMaterial,
+    spec: CertificateSpec,
+    namespace: str,
+    key: keys.LeafPrivateKey,
+    record: SignatureRecorder,
 ) -> Issued:
     request_spec = spec.x509
     chain = material.chain
@@ -128,11 +164,31 @@ async def _issue_x509(
         duration=spec.duration,
     )
     public_key = key.public_key()
-    leaf = await kmskey.sign_in_thread(
-        material.signer, lambda ca: pki_x509.build_leaf(request, public_key, chain.issuer, ca)
-    )
-    serial = format(leaf.serial_number, "x")
+    now = datetime.datetime.now(datetime.UTC)
+    serial_number = pki_x509.random_serial_number()
+    serial = format(serial_number, "x")
+    not_before, not_after = pki_x509.leaf_validity(chain.issuer, now, spec.duration)
     uris = [*request_spec.uris, *([svid] if svid else [])]
+    fingerprint = keys.spki_fingerprint(public_key)
+    leaf, signature = await _sign_recorded(
+        material,
+        lambda ca: pki_x509.build_leaf(
+            request, public_key, chain.issuer, ca, now=now, serial=serial_number
+        ),
+        record,
+        {
+            "serialNumber": serial,
+            "notBefore": _timestamp(not_before),
+            "notAfter": _timestamp(not_after),
+            "publicKeyFingerprint": fingerprint,
+            "spiffeID": svid,
+            "subject": request.subject().rfc4514_string(),
+            "dnsNames": list(request_spec.dns_names),
+            "ipAddresses": list(request_spec.ip_addresses),
+            "uris": uris,
+            "emailAddresses": list(request_spec.email_addresses),
+        },
+    )
     annotations = {
         layout.SERIAL: serial,
         layout.NOT_BEFORE: _timestamp(leaf.not_valid_before_utc),
@@ -145,7 +201,6 @@ async def _issue_x509(
     }
     if svid:
         annotations[layout.SPIFFE_ID] = svid
-    fingerprint = keys.spki_fingerprint(public_key)
     return Issued(
         secret_type=layout.TLS_TYPE,
         data={
@@ -158,14 +213,8 @@ async def _issue_x509(
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
         public_key_fingerprint=fingerprint,
+        signature=signature,
         spiffe_id=svid,
-        audit={
-            "subject": leaf.subject.rfc4514_string(),
-            "dnsNames": list(request_spec.dns_names),
-            "ipAddresses": list(request_spec.ip_addresses),
-            "uris": uris,
-            "emailAddresses": list(request_spec.email_addresses),
-        },
     )
 
 
@@ -175,6 +224,7 @@ async def _issue_ssh(
     namespace: str,
     name: str,
     key: keys.LeafPrivateKey,
+    record: SignatureRecorder,
 ) -> Issued:
     ssh_spec = spec.ssh
     assert ssh_spec is not None and material.ssh_ca_line is not None
@@ -188,14 +238,29 @@ async def _issue_ssh(
         extensions=ssh_spec.extensions,
     )
     public_key = key.public_key()
-    certificate = await kmskey.sign_in_thread(
-        material.signer, lambda ca: pki_ssh.build_ssh_certificate(request, public_key, ca)
-    )
-    utc = datetime.UTC
-    not_before = datetime.datetime.fromtimestamp(certificate.valid_after, utc)
-    not_after = datetime.datetime.fromtimestamp(certificate.valid_before, utc)
-    serial = str(certificate.serial)
+    now = datetime.datetime.now(datetime.UTC)
+    serial_number = secrets.randbits(64)
+    not_before, not_after = pki_ssh.validity(now, request.duration)
+    serial = str(serial_number)
     fingerprint = keys.openssh_fingerprint(public_key)
+    certificate, signature = await _sign_recorded(
+        material,
+        lambda ca: pki_ssh.build_ssh_certificate(
+            request, public_key, ca, now=now, serial=serial_number
+        ),
+        record,
+        {
+            "serialNumber": serial,
+            "notBefore": _timestamp(not_before),
+            "notAfter": _timestamp(not_after),
+            "publicKeyFingerprint": fingerprint,
+            "sshType": request.cert_type,
+            "keyId": request.key_id,
+            "principals": list(request.principals),
+            "criticalOptions": {k.decode(): v.decode() for k, v in request.critical_options()},
+            "extensions": list(request.effective_extensions()),
+        },
+    )
     return Issued(
         secret_type=layout.SSH_TYPE,
         data={
@@ -217,11 +282,5 @@ async def _issue_ssh(
         not_before=not_before,
         not_after=not_after,
         public_key_fingerprint=fingerprint,
-        audit={
-            "sshType": request.cert_type,
-            "keyId": request.key_id,
-            "principals": list(request.principals),
-            "criticalOptions": {k.decode(): v.decode() for k, v in request.critical_options()},
-            "extensions": list(request.effective_extensions()),
-        },
+        signature=signature,
     )

@@ -122,6 +122,39 @@ def test_missing_issuer_then_created_issues_at_once(
     assert time.monotonic() - started < 10, "issuer readiness should not wait out the backoff"
 
 
+def test_missing_issuer_backs_off_with_one_event_series_and_wakes_on_creation(
+    crds: Kube, namespace: str, make_issuer: Callable[..., dict[str, Any]]
+) -> None:
+    """Thirty seconds without its Issuer cost a Certificate five attempts (2 s doubling:
+    at 0, 2, 6, 14 and 30 s), one Event whose count grows, and no wait once it appears."""
+    created = time.monotonic()
+    crds.apply(certificate_manifest("web", namespace, "later"))
+
+    def attempts(count: int) -> dict[str, Any] | None:
+        obj = get_certificate(crds, namespace, "web")
+        done = (obj.get("status") or {}).get("failedIssuanceAttempts", 0) >= count
+        return obj if done else None
+
+    fifth = eventually(lambda: attempts(5), timeout=90, what="fifth attempt")
+    assert time.monotonic() - created >= 28, "attempts came faster than the backoff allows"
+    assert fifth["status"]["failedIssuanceAttempts"] == 5
+    assert condition(fifth, "Ready")["reason"] == "IssuerNotFound"
+
+    def series() -> Any:
+        events = crds.core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=web"
+        ).items
+        found = [e for e in events if e.reason == "IssuerNotFound"]
+        return found if found and sum(e.count for e in found) >= 5 else None
+
+    (event,) = eventually(series, timeout=30, what="five IssuerNotFound occurrences")
+    assert event.count == 5
+    make_issuer("later")
+    issuer_ready = time.monotonic()
+    wait_condition(crds, namespace, "web", timeout=30)
+    assert time.monotonic() - issuer_ready < 5, "the Issuer's readiness must wake it at once"
+
+
 def test_issuer_with_garbage_ca_chain_is_not_ready(
     crds: Kube, namespace: str, kms_key_factory: Callable[..., str]
 ) -> None:

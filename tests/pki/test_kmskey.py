@@ -20,6 +20,7 @@ from signet.pki.kmskey import (
     KeyNotExportableError,
     KmsPrivateKey,
     KmsSignatureMismatchError,
+    SignatureSpentError,
     sign_in_thread,
 )
 from signet.pki.x509 import LeafRequest, build_leaf
@@ -215,3 +216,37 @@ def test_concurrent_certificates_each_sign_once(
         cert.verify_directly_issued_by(ca.certificate)
     assert len({c.serial_number for c in certs}) == count
     assert kms_counters.count("AsymmetricSign", ca.key_version, "OK") == count
+
+
+def test_on_signed_runs_when_kms_answers_before_the_builder_goes_on(
+    kms_ca: CaFactory, kms_runner: KmsRunner, kms_counters: Counters
+) -> None:
+    """The audit hook sees the signature exist before anything after it can fail; a builder
+    that fails then reports the signature as spent, not as an ordinary error."""
+    ca = kms_ca("EC_SIGN_P256_SHA256")
+    kms_counters.reset()
+    order: list[str] = []
+
+    def build(key: KmsPrivateKey) -> None:
+        key.sign(TBS, ec.ECDSA(hashes.SHA256()))
+        order.append("builder resumed")
+        raise ValueError("encoding failed")
+
+    with pytest.raises(SignatureSpentError) as raised:
+        kms_runner.run(sign_in_thread(ca.signer, build, on_signed=lambda: order.append("hook")))
+    assert order == ["hook", "builder resumed"]
+    assert raised.value.key_version == ca.key_version
+    assert kms_counters.count("AsymmetricSign", ca.key_version, "OK") == 1
+
+
+def test_on_signed_is_not_called_when_kms_refuses(
+    kms_ca: CaFactory, kms_runner: KmsRunner, kms_faults: Faults
+) -> None:
+    ca = kms_ca("EC_SIGN_P256_SHA256")
+    kms_faults.fail_next(1, grpc.StatusCode.PERMISSION_DENIED)
+    called: list[str] = []
+    with pytest.raises(KmsPermissionDenied):
+        kms_runner.run(
+            sign_in_thread(ca.signer, _sign_once, on_signed=lambda: called.append("hook"))
+        )
+    assert called == []

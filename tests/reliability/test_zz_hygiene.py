@@ -25,7 +25,7 @@ import pytest
 from tests.kube import Kube
 from tests.operator.harness import OperatorProcess, certificate_manifest, wait_condition
 from tests.reliability.conftest import Recorder
-from tests.reliability.helpers import poll, secret_snapshot
+from tests.reliability.helpers import poll, secret_snapshot, signet_cli
 
 pytestmark = pytest.mark.cluster
 
@@ -158,3 +158,32 @@ def test_no_private_key_material_outside_secrets(
         None,
     )
     assert not hits, "\n".join(hits[:10])
+
+
+def test_every_audit_file_of_the_session_verifies(
+    signet_operator: OperatorProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    record: Recorder,
+) -> None:
+    """Every audit file written in this session (the session operator's, replicas', the
+    proxied and killed operators') is an unbroken hash chain, restarts and kills included;
+    and the check is not vacuous: one changed record in a copy is found."""
+    files = sorted(tmp_path_factory.getbasetemp().rglob("audit.jsonl"))
+    assert signet_operator.audit_log in files
+    for path in files:
+        result = signet_cli("audit", "verify", str(path))
+        assert result.returncode == 0, f"{path}: {result.stdout}{result.stderr}"
+    lines = signet_operator.audit_log.read_text().splitlines()
+    assert len(lines) > 2
+    tampered = tmp_path_factory.mktemp("tampered") / "copy.jsonl"
+    changed = json.loads(lines[1])
+    changed["time"] = "2000-01-01T00:00:00.000+00:00"
+    lines[1] = json.dumps(changed, sort_keys=True, separators=(",", ":"))
+    tampered.write_text("\n".join(lines) + "\n")
+    assert signet_cli("audit", "verify", str(tampered)).returncode == 1
+    record(
+        "audit chains of the session",
+        f"{len(files)} audit files verified (restarts and SIGKILL included); a changed record "
+        "in a copy is reported",
+        None,
+    )

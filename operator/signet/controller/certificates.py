@@ -571,42 +571,44 @@ class CertificateController:
         happen to it; None after reporting a failure."""
         metadata = body["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
+        revision = int((body.get("status") or {}).get("revision") or 0) + 1
+        context = {
+            **self._signature_fields(body, spec, material, decision.reason),
+            "outcome": "signed",
+            "revision": revision,
+        }
         try:
             reuse = await self._reusable_key(spec, summary)
             issued = await issuance.issue(
-                material, spec, namespace=namespace, name=name, reuse_key=reuse
+                material,
+                spec,
+                namespace=namespace,
+                name=name,
+                reuse_key=reuse,
+                record=lambda fields: self._audit.signature(**context, **fields),
             )
         except KmsError as error:
             self._issuers.note_kms_error(error)
             await self._fail(body, spec, error.reason, str(error), retry=True)
             return None
         except kmskey.SignatureSpentError as error:
-            self._audit.signature(
-                **self._signature_fields(body, spec, material, decision.reason),
-                outcome="spent-unused",
-                error=str(error),
-            )
+            if error.signature is not None:
+                self._audit.delivery(
+                    error.signature,
+                    outcome="discarded",
+                    reason="BuildFailed",
+                    message=str(error),
+                    certificate=context["certificate"],
+                )
             await self._fail(body, spec, "InternalError", str(error), retry=True)
             return None
         except ValueError as error:
             await self._fail(body, spec, "InvalidRequest", str(error), retry=False)
             return None
-        revision = int((body.get("status") or {}).get("revision") or 0) + 1
-        signature = self._audit.signature(
-            **self._signature_fields(body, spec, material, decision.reason),
-            outcome="signed",
-            revision=revision,
-            serialNumber=issued.serial,
-            notBefore=st.timestamp(issued.not_before),
-            notAfter=st.timestamp(issued.not_after),
-            publicKeyFingerprint=issued.public_key_fingerprint,
-            spiffeID=issued.spiffe_id,
-            **issued.audit,
-        )
         return Unwritten(
             cert=(namespace, name),
             issued=issued,
-            signature=signature,
+            signature=issued.signature,
             uid=metadata["uid"],
             generation=_generation(body),
             spec_hash=spec.content_hash(),

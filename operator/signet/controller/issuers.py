@@ -216,6 +216,12 @@ class IssuerController:
         except KmsError as error:
             self.note_kms_error(error)
             return IssuerState(False, error.reason, str(error), spec)
+        except kmskey.SignatureSpentError as error:
+            for signature in bootstrap:
+                self._audit.delivery(
+                    signature, outcome="discarded", reason="BuildFailed", message=str(error)
+                )
+            return IssuerState(False, "InternalError", str(error), spec)
         except SpecError as error:
             return IssuerState(False, error.reason, error.message, spec)
         ssh_line = None
@@ -280,34 +286,31 @@ class IssuerController:
             if existing is not None:
                 return CaChain((existing,))
         self_signed = spec.self_signed
+        subject = _ca_subject(self_signed.common_name, self_signed.organization)
+        now = datetime.datetime.now(datetime.UTC)
+        serial = pki_x509.random_serial_number()
         fields: dict[str, Any] = {
             "purpose": "ca-bootstrap",
+            "outcome": "signed",
             "issuer": spec.ref,
             "keyVersion": spec.key_version,
             "keyAlgorithm": kms_key.algorithm,
+            "serialNumber": format(serial, "x"),
+            "subject": subject.rfc4514_string(),
+            "notBefore": st.timestamp(now - pki_x509.BACKDATE),
+            "notAfter": st.timestamp(now + self_signed.duration),
         }
-        try:
-            certificate = await kmskey.sign_in_thread(
-                signer,
-                lambda ca: pki_x509.build_self_signed_ca(
-                    ca,
-                    _ca_subject(self_signed.common_name, self_signed.organization),
-                    self_signed.duration,
-                    trust_domain=spec.trust_domain,
-                ),
-            )
-        except kmskey.SignatureSpentError as error:
-            self._audit.signature(**fields, outcome="spent-unused", error=str(error))
-            raise
-        bootstrap.append(
-            self._audit.signature(
-                **fields,
-                outcome="signed",
-                serialNumber=format(certificate.serial_number, "x"),
-                subject=certificate.subject.rfc4514_string(),
-                notBefore=st.timestamp(certificate.not_valid_before_utc),
-                notAfter=st.timestamp(certificate.not_valid_after_utc),
-            )
+        certificate = await kmskey.sign_in_thread(
+            signer,
+            lambda ca: pki_x509.build_self_signed_ca(
+                ca,
+                subject,
+                self_signed.duration,
+                trust_domain=spec.trust_domain,
+                now=now,
+                serial=serial,
+            ),
+            on_signed=lambda: bootstrap.append(self._audit.signature(**fields)),
         )
         logger.info("bootstrapped self-signed CA for %s with %s", spec.ref, spec.key_version)
         return CaChain((certificate,))

@@ -68,9 +68,8 @@ class KmsSignatureMismatchError(ValueError):
 
 
 class SignatureSpentError(RuntimeError):
-    """KMS returned a signature, then the builder failed: the signature is spent (billed
-    and in KMS's audit log) without a certificate to show for it. Callers audit it as such
-    rather than let it vanish behind an ordinary error."""
+    """KMS returned a signature, then the builder failed: the signature is spent (billed,
+    in KMS's audit log and in ours) without a certificate to show for it."""
 
     def __init__(self, key_version: str, cause: BaseException) -> None:
         super().__init__(
@@ -78,6 +77,8 @@ class SignatureSpentError(RuntimeError):
             f"{type(cause).__name__}: {cause}"
         )
         self.key_version = key_version
+        self.signature: str | None = None
+        """The audit id of the spent signature's record, when the caller keeps one."""
 
 
 class _KmsKey:
@@ -303,8 +304,13 @@ async def sign_in_thread(
     build: Callable[[KmsPrivateKey], T],
     *,
     sign_timeout: float = DEFAULT_SIGN_TIMEOUT,
+    on_signed: Callable[[], object] | None = None,
 ) -> T:
     """Run the synchronous ``build(key)`` in a worker thread, signing through ``signer``.
+
+    ``on_signed`` runs in that thread the moment KMS returns the signature, before the
+    builder goes on: the one point after which the signature exists whatever happens next
+    (a builder error, a crash), so the place to write its audit record.
 
     ``build`` receives a fresh single-use adapter; whatever it returns is returned. The
     adapter's ``sign()`` submits ``signer.sign(data)`` to the running event loop and
@@ -328,6 +334,8 @@ async def sign_in_thread(
                 f"KMS did not sign with {signer.key_version} within {sign_timeout:g}s"
             ) from None
         signed.set()
+        if on_signed is not None:
+            on_signed()
         return signature
 
     key = kms_private_key(kms_key, callback)

@@ -159,17 +159,30 @@ def check_ssh_ca_key(ca_key: KmsPrivateKey) -> None:
     check_ssh_ca_algorithm(ca_key.algorithm)
 
 
+def validity(
+    now: datetime.datetime, duration: datetime.timedelta
+) -> tuple[datetime.datetime, datetime.datetime]:
+    """valid_after and valid_before of a certificate made at ``now``, in the whole seconds
+    the certificate carries: backdated by :data:`BACKDATE` for clock skew."""
+    utc = datetime.UTC
+    return (
+        datetime.datetime.fromtimestamp(int((now - BACKDATE).timestamp()), utc),
+        datetime.datetime.fromtimestamp(int((now + duration).timestamp()), utc),
+    )
+
+
 def build_ssh_certificate(
     request: SshCertRequest,
     subject_public_key: PublicKeyTypes,
     ca_key: KmsPrivateKey,
     *,
     now: datetime.datetime | None = None,
+    serial: int | None = None,
 ) -> SSHCertificate:
     """Certify ``subject_public_key``; calls ``ca_key.sign`` exactly once.
 
-    The serial is 64 random bits; validity runs from ``now`` minus :data:`BACKDATE` to
-    ``now`` plus the requested duration, in whole seconds.
+    The serial is 64 random bits unless given; validity runs from ``now`` minus
+    :data:`BACKDATE` to ``now`` plus the requested duration, in whole seconds.
     """
     check_ssh_ca_algorithm(ca_key.algorithm)
     public_key = validate_public_key(subject_public_key)
@@ -177,15 +190,16 @@ def build_ssh_certificate(
         now = datetime.datetime.now(datetime.UTC)
     elif now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    valid_after, valid_before = validity(now, request.duration)
     cert_fields = CertificateFields(
-        serial=secrets.randbits(64),
+        serial=serial if serial is not None else secrets.randbits(64),
         cert_type=SSHCertificateType.USER
         if request.cert_type == "user"
         else SSHCertificateType.HOST,
         key_id=request.key_id.encode(),
         principals=[p.encode() for p in request.principals],
-        valid_after=int((now - BACKDATE).timestamp()),
-        valid_before=int((now + request.duration).timestamp()),
+        valid_after=int(valid_after.timestamp()),
+        valid_before=int(valid_before.timestamp()),
         critical_options=request.critical_options(),
         extensions=[(name.encode(), b"") for name in request.effective_extensions()],
     )

@@ -55,6 +55,7 @@ __all__ = [
     "build_intermediate_ca",
     "build_leaf",
     "build_self_signed_ca",
+    "leaf_validity",
     "random_serial_number",
 ]
 
@@ -272,11 +273,15 @@ def build_leaf(
     ca_key: KmsPrivateKey,
     *,
     now: datetime.datetime | None = None,
+    serial: int | None = None,
 ) -> x509.Certificate:
     """Issue an end-entity certificate for ``subject_public_key``, signed by ``ca_key``.
 
     ``issuer`` is the CA certificate for ``ca_key`` (self-signed or from a user chain);
     its subject becomes the issuer name and its SKI the AKI. Calls ``ca_key.sign`` once.
+    A caller that must say what it signs before the signature exists (the audit record
+    is written the moment KMS answers) picks ``serial`` and ``now`` itself; see
+    `leaf_validity`.
     """
     now = _utc(now)
     public_key = validate_public_key(subject_public_key)
@@ -284,7 +289,7 @@ def build_leaf(
     _check_issuer(issuer, ca_key, now, issues_ca=False)
     if public_key == ca_key.public_key():
         raise ValueError("the leaf key must not be the CA's own key")
-    not_before, not_after = _validity(issuer, now, request.duration)
+    not_before, not_after = leaf_validity(issuer, now, request.duration)
 
     subject = request.subject()
     builder = (
@@ -292,7 +297,7 @@ def build_leaf(
         .subject_name(subject)
         .issuer_name(issuer.subject)
         .public_key(public_key)
-        .serial_number(random_serial_number())
+        .serial_number(serial or random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -319,6 +324,7 @@ def build_self_signed_ca(
     now: datetime.datetime | None = None,
     path_length: int | None = 0,
     trust_domain: str | None = None,
+    serial: int | None = None,
 ) -> x509.Certificate:
     """Bootstrap a root CA certificate for a KMS key (the key signs its own certificate).
 
@@ -332,7 +338,7 @@ def build_self_signed_ca(
         raise ValueError("duration must be positive")
     name = _ca_name(subject)
     builder = _ca_builder(
-        ca_key.public_key(), name, name, now - BACKDATE, now + duration, path_length
+        ca_key.public_key(), name, name, now - BACKDATE, now + duration, path_length, serial
     )
     builder = builder.add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
@@ -367,7 +373,7 @@ def build_intermediate_ca(
             f"intermediate path length {path_length} must be below the issuer's "
             f"{issuer_path.path_length}"
         )
-    not_before, not_after = _validity(issuer, now, duration)
+    not_before, not_after = leaf_validity(issuer, now, duration)
     public_key = validate_public_key(subject_public_key)
     builder = _ca_builder(
         public_key, _ca_name(subject), issuer.subject, not_before, not_after, path_length
@@ -384,6 +390,7 @@ def _ca_builder(
     not_before: datetime.datetime,
     not_after: datetime.datetime,
     path_length: int | None,
+    serial: int | None = None,
 ) -> x509.CertificateBuilder:
     if path_length is not None and path_length < 0:
         raise ValueError("path length must not be negative")
@@ -392,7 +399,7 @@ def _ca_builder(
         .subject_name(subject)
         .issuer_name(issuer_name)
         .public_key(public_key)
-        .serial_number(random_serial_number())
+        .serial_number(serial or random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
@@ -465,9 +472,11 @@ def _check_issuer(
         )
 
 
-def _validity(
+def leaf_validity(
     issuer: x509.Certificate, now: datetime.datetime, duration: datetime.timedelta
 ) -> tuple[datetime.datetime, datetime.datetime]:
+    """notBefore and notAfter of a certificate issued at ``now``: backdated a little for
+    clock skew, and never outside the issuer's own validity."""
     if duration <= datetime.timedelta(0):
         raise ValueError("duration must be positive")
     not_before = max(now - BACKDATE, issuer.not_valid_before_utc)
