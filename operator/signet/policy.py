@@ -33,13 +33,14 @@ from signet.api.certificate import (
 )
 from signet.api.duration import format_duration
 from signet.api.issuer import IssuerSpec, Policy
+from signet.reasons import Reason
 
 
 @dataclass(frozen=True)
 class Denial:
     """Why a request was refused. ``reason`` is one CamelCase word for the condition."""
 
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -88,7 +89,7 @@ def _check_names(
     patterns: tuple[str, ...],
     rule: str,
     kind: str,
-    reason: str,
+    reason: Reason,
     ns: str,
     td: str,
 ) -> Denial | None:
@@ -114,7 +115,7 @@ def check(spec: CertificateSpec, issuer: IssuerSpec, namespace: str) -> Denial |
     policy = issuer.policy
     if spec.duration > policy.max_duration:
         return Denial(
-            "DurationTooLong",
+            Reason.DURATION_TOO_LONG,
             f"spec.duration {format_duration(spec.duration)} exceeds policy.maxDuration "
             f"{format_duration(policy.max_duration)} of {issuer.ref}",
         )
@@ -123,7 +124,7 @@ def check(spec: CertificateSpec, issuer: IssuerSpec, namespace: str) -> Denial |
             "policy.allowedKeyAlgorithms", policy.allowed_key_algorithms, "is not in"
         )
         return Denial(
-            "KeyAlgorithmNotAllowed",
+            Reason.KEY_ALGORITHM_NOT_ALLOWED,
             f"spec.privateKey.algorithm {spec.private_key.algorithm!r} is not allowed: {why}",
         )
     if spec.x509 is not None:
@@ -139,18 +140,20 @@ def _check_ssh(ssh: SSHSpec, issuer: IssuerSpec, ns: str) -> Denial | None:
     including the defaults a spec gets without asking, must be granted by the policy."""
     policy = issuer.policy
     if not issuer.ssh_enabled:
-        return Denial("SSHNotEnabled", f"{issuer.ref} does not issue SSH certificates")
+        return Denial(Reason.SSH_NOT_ENABLED, f"{issuer.ref} does not issue SSH certificates")
     if ssh.cert_type not in policy.allowed_ssh_types:
         why = _not_granted(
             "policy.allowedSSHCertificateTypes", policy.allowed_ssh_types, "is not in"
         )
-        return Denial("SSHTypeNotAllowed", f"spec.ssh.type {ssh.cert_type!r} is not allowed: {why}")
+        return Denial(
+            Reason.SSH_TYPE_NOT_ALLOWED, f"spec.ssh.type {ssh.cert_type!r} is not allowed: {why}"
+        )
     denial = _check_names(
         _indexed("spec.ssh.principals", ssh.principals),
         policy.allowed_ssh_principals,
         "policy.allowedSSHPrincipals",
         "other",
-        "SSHPrincipalNotAllowed",
+        Reason.SSH_PRINCIPAL_NOT_ALLOWED,
         ns,
         issuer.trust_domain,
     )
@@ -170,7 +173,7 @@ def _check_ssh(ssh: SSHSpec, issuer: IssuerSpec, ns: str) -> Denial | None:
             )
             shown = repr(value)[:256]
             return Denial(
-                "SSHCriticalOptionNotAllowed",
+                Reason.SSH_CRITICAL_OPTION_NOT_ALLOWED,
                 f"spec.ssh.criticalOptions.{field} {shown} ({option}) is not allowed: {why}",
             )
     for index, extension in enumerate(ssh.extensions):
@@ -184,7 +187,7 @@ def _check_ssh(ssh: SSHSpec, issuer: IssuerSpec, ns: str) -> Denial | None:
                     "set it to [] to ask for none"
                 )
             return Denial(
-                "SSHExtensionNotAllowed",
+                Reason.SSH_EXTENSION_NOT_ALLOWED,
                 f"spec.ssh.extensions[{index}] {extension!r} is not allowed: {why}",
             )
     return None
@@ -200,7 +203,7 @@ def _spiffe_denial(subject: str, uri: str, td: str, ns: str) -> Denial | None:
         return None
     if "%" in uri:
         return Denial(
-            "SPIFFEIDNotAllowed",
+            Reason.SPIFFE_ID_NOT_ALLOWED,
             f"{subject} is not a valid SPIFFE ID: SPIFFE IDs must not contain "
             "percent-encoding (a verifier that decoded '%2F' would read another path)",
         )
@@ -217,7 +220,7 @@ def _spiffe_denial(subject: str, uri: str, td: str, ns: str) -> Denial | None:
     ):
         return None
     return Denial(
-        "SPIFFEIDNotAllowed",
+        Reason.SPIFFE_ID_NOT_ALLOWED,
         f"{subject} is not one of this namespace's identities "
         f"spiffe://{td}/ns/{ns}/sa/<serviceAccount>",
     )
@@ -244,7 +247,7 @@ def _spiffe_in_uris(uris: Sequence[str], td: str, ns: str) -> Denial | None:
                 f"spiffe://{td}/ns/{ns}/sa/<serviceAccount>"
             )
         return Denial(
-            "InvalidRequest",
+            Reason.INVALID_REQUEST,
             f"{field} {uri[:256]!r} is a SPIFFE ID, which spec.x509.uris cannot carry: {hint}",
         )
     return None
@@ -262,7 +265,7 @@ def _wildcards(x509: X509Spec, policy: Policy) -> Denial | None:
     for subject, value in named:
         if "*" in value:
             return Denial(
-                "WildcardNotAllowed",
+                Reason.WILDCARD_NOT_ALLOWED,
                 f"{subject} is a wildcard, which is not allowed: policy.allowWildcards is false",
             )
     return None
@@ -271,7 +274,7 @@ def _wildcards(x509: X509Spec, policy: Policy) -> Denial | None:
 def _check_x509(x509: X509Spec, issuer: IssuerSpec, ns: str) -> Denial | None:
     policy, td = issuer.policy, issuer.trust_domain
     if not issuer.x509_enabled:
-        return Denial("X509NotEnabled", f"{issuer.ref} does not issue X.509 certificates")
+        return Denial(Reason.X509_NOT_ENABLED, f"{issuer.ref} does not issue X.509 certificates")
     uris = _indexed("spec.x509.uris", x509.uris)
     if x509.spiffe_service_account is not None:
         svid = spiffe_id(td, ns, x509.spiffe_service_account)
@@ -288,22 +291,22 @@ def _check_x509(x509: X509Spec, issuer: IssuerSpec, ns: str) -> Denial | None:
             policy.allowed_dns_names,
             "policy.allowedDNSNames",
             "dns",
-            "DNSNameNotAllowed",
+            Reason.DNS_NAME_NOT_ALLOWED,
         ),
-        (uris, policy.allowed_uris, "policy.allowedURIs", "uri", "URINotAllowed"),
+        (uris, policy.allowed_uris, "policy.allowedURIs", "uri", Reason.URI_NOT_ALLOWED),
         (
             _indexed("spec.x509.emailAddresses", x509.email_addresses),
             policy.allowed_email_addresses,
             "policy.allowedEmailAddresses",
             "other",
-            "EmailAddressNotAllowed",
+            Reason.EMAIL_ADDRESS_NOT_ALLOWED,
         ),
         (
             [_named("spec.x509.commonName", x509.common_name)] if x509.common_name else [],
             policy.allowed_dns_names if by_dns else policy.allowed_common_names or (),
             "policy.allowedDNSNames" if by_dns else "policy.allowedCommonNames",
             "dns" if by_dns else "other",
-            "CommonNameNotAllowed",
+            Reason.COMMON_NAME_NOT_ALLOWED,
         ),
     )
     for values, patterns, rule, kind, reason in checks:
@@ -316,7 +319,7 @@ def _check_x509(x509: X509Spec, issuer: IssuerSpec, ns: str) -> Denial | None:
         if not any(address in network for network in networks):
             why = _not_granted("policy.allowedIPRanges", policy.allowed_ip_ranges, "is in none of")
             return Denial(
-                "IPAddressNotAllowed",
+                Reason.IP_ADDRESS_NOT_ALLOWED,
                 f"spec.x509.ipAddresses[{index}] {text!r} is not allowed: {why}",
             )
     return _wildcards(x509, policy) or _spiffe_in_uris(x509.uris, td, ns)

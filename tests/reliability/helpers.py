@@ -18,6 +18,7 @@ import kubernetes
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from signet.api.certificate import RENEW_ANNOTATION
 from signet.secrets import layout
 from tests.kube import Kube, eventually
 from tests.operator.harness import (
@@ -31,7 +32,6 @@ from tests.operator.harness import (
 )
 
 Obj = dict[str, Any]
-RENEW_ANNOTATION = "signet.dev/renew-requested-at"
 KMS_DEADLINE_S = 3.0
 """The harness runs the operator with ``--kms-deadline=3``."""
 RETRY_CAP_S = 300.0

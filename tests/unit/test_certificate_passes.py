@@ -205,11 +205,11 @@ def test_a_failed_secret_write_keeps_the_signature_for_the_next_pass(
     assert _signs(kms_counters, key) == 2  # bootstrap + one leaf, whatever the write did
 
 
-def test_a_refused_secret_write_is_not_signed_again(
+def test_a_refused_secret_write_backs_off_and_is_never_signed_again(
     bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
 ) -> None:
-    """403 (RBAC) fails the same way every time: the pass that follows its own status
-    tries the kept certificate once more, costs no signature and writes no status."""
+    """403 (RBAC) is fixed outside Kubernetes, where Signet cannot see it: the kept
+    certificate is tried again on the backoff schedule, and never signed again."""
     key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
 
     async def scenario(bed: Bed) -> None:
@@ -218,10 +218,15 @@ def test_a_refused_secret_write_is_not_signed_again(
         bed.api.fail("create_secret", 403, times=2)
         await bed.reconcile()
         assert bed.ready() == ("False", "SecretWriteFailed")
-        assert [ident for ident, _ in bed.scheduled if ident == CERT] == []
-        assert bed.watch() == CERT
+        assert bed.next_look() == pytest.approx(2)
+        bed.now += datetime.timedelta(seconds=2)
         await bed.reconcile()
-        assert [m for m, _ in bed.api.writes()] == ["create_secret"]
+        assert bed.next_look() == pytest.approx(4)
+        bed.now += datetime.timedelta(seconds=4)
+        await bed.reconcile()  # RBAC fixed
+        assert bed.ready() == ("True", "Ready")
+        outcomes = [d["outcome"] for d in bed.deliveries()]
+        assert outcomes == ["write-failed", "write-failed", "written"]
 
     bed(scenario)
     assert _signs(kms_counters, key) == 2

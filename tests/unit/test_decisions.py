@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from signet.api.certificate import parse_certificate_spec
-from signet.renewal.decisions import (
+from signet.decisions.certificate import (
     RETRY_CAP,
     Action,
     CertificateView,

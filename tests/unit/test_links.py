@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from signet.controller.certificates import Links
+from signet.controller.watchcache import Links
 
 SECRET = ("ns", "web-tls")
 OTHER = ("ns", "other-tls")

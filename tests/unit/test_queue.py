@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from signet.renewal.queue import WorkQueue
+from signet.schedule.queue import WorkQueue
 
 
 def test_due_order_dedup_and_earliest_wins() -> None:

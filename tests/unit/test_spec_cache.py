@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from signet.api.certificate import parse_certificate_spec
-from signet.controller import certificates as certificates_module
+from signet.controller import watchcache
 from tests.unit.conftest import CERT
 
 
@@ -23,34 +23,34 @@ def test_a_certificate_queued_for_a_pass_keeps_its_parsed_spec(controller: Any) 
     certificates, _ = controller
     body = _body(uid="u-new")
     assert certificates.observe_certificate(body, deleted=False) == CERT  # no Secret yet
-    kept = certificates._specs[("u-new", 1)]
-    assert certificates._spec(body) is kept
-    assert certificates._spec(_body(uid="u-new", generation=2)) is not kept
+    kept = certificates.cache._specs[("u-new", 1)]
+    assert certificates.cache.spec(body) is kept
+    assert certificates.cache.spec(_body(uid="u-new", generation=2)) is not kept
 
 
 def test_a_spec_only_looked_at_is_parsed_again(controller: Any) -> None:
     """Certificates that need no pass (all of them after a restart) pin no memory."""
     certificates, _ = controller
     body = _body(uid="u-other")
-    assert certificates._spec(body) is not certificates._spec(body)
-    assert ("u-other", 1) not in certificates._specs
+    assert certificates.cache.spec(body) is not certificates.cache.spec(body)
+    assert ("u-other", 1) not in certificates.cache._specs
 
 
 def test_without_a_generation_nothing_is_kept(controller: Any) -> None:
     certificates, _ = controller
     body = _body(uid="u-nogen", generation=None)
-    certificates._keep_spec(body, certificates._spec(body))
-    assert all(uid != "u-nogen" for uid, _ in certificates._specs)
+    certificates.cache.keep_spec(body, certificates.cache.spec(body))
+    assert all(uid != "u-nogen" for uid, _ in certificates.cache._specs)
 
 
 def test_the_oldest_kept_specs_make_room(controller: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     certificates, _ = controller
-    monkeypatch.setattr(certificates_module, "PARSED_SPECS", 3)
-    certificates._specs.clear()
+    monkeypatch.setattr(watchcache, "PARSED_SPECS", 3)
+    certificates.cache._specs.clear()
     for i in range(5):
         body = _body(uid=f"u-{i}")
-        certificates._keep_spec(body, certificates._spec(body))
-    assert list(certificates._specs) == [("u-2", 1), ("u-3", 1), ("u-4", 1)]
+        certificates.cache.keep_spec(body, certificates.cache.spec(body))
+    assert list(certificates.cache._specs) == [("u-2", 1), ("u-3", 1), ("u-4", 1)]
 
 
 def test_the_content_hash_is_stable_across_versions() -> None:
@@ -71,6 +71,6 @@ def test_the_content_hash_is_stable_across_versions() -> None:
 def test_parsed_specs_are_let_go_once_a_burst_is_over(controller: Any) -> None:
     certificates, _ = controller
     certificates.observe_certificate(_body(uid="u-new"), deleted=False)
-    assert certificates._specs
+    assert certificates.cache._specs
     certificates.forget_parsed_specs()
-    assert certificates._specs == {}
+    assert certificates.cache._specs == {}

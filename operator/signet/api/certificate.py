@@ -18,6 +18,7 @@ from typing import Any
 
 from signet.api.duration import parse_duration
 from signet.api.errors import SpecError
+from signet.reasons import Reason
 
 KEY_SIZES = {"ECDSA": (256, 384), "RSA": (2048, 3072, 4096), "Ed25519": ()}
 DEFAULT_KEY_SIZE = {"ECDSA": 256, "RSA": 2048, "Ed25519": None}
@@ -49,6 +50,10 @@ SSH_CRITICAL_OPTIONS = {"forceCommand": "force-command", "sourceAddress": "sourc
 """spec.ssh.criticalOptions field -> OpenSSH name, as policy.allowedSSHCriticalOptions lists."""
 MIN_DURATION = datetime.timedelta(minutes=1)
 MAX_DURATION = datetime.timedelta(hours=87600)
+
+RENEW_ANNOTATION = "signet.dev/renew-requested-at"
+"""`signet renew` stamps a Certificate with the time; a stamp newer than its Secret's
+issued-at asks for a new certificate (cert-manager's `cmctl renew`, as an annotation)."""
 
 
 @dataclass(frozen=True)
@@ -142,9 +147,11 @@ def _strings(value: Any, field_name: str, *, limit: int = 100) -> tuple[str, ...
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SpecError("InvalidSpec", f"{field_name}: expected a list of strings")
+        raise SpecError(Reason.INVALID_SPEC, f"{field_name}: expected a list of strings")
     if len(value) > limit:
-        raise SpecError("InvalidSpec", f"{field_name}: at most {limit} entries, got {len(value)}")
+        raise SpecError(
+            Reason.INVALID_SPEC, f"{field_name}: at most {limit} entries, got {len(value)}"
+        )
     return tuple(value)
 
 
@@ -152,7 +159,7 @@ def _mapping(value: Any, field_name: str) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise SpecError("InvalidSpec", f"{field_name}: expected an object")
+        raise SpecError(Reason.INVALID_SPEC, f"{field_name}: expected an object")
     return value
 
 
@@ -160,22 +167,24 @@ def _private_key(raw: Mapping[str, Any]) -> PrivateKeySpec:
     algorithm = raw.get("algorithm", "ECDSA")
     if algorithm not in KEY_SIZES:
         raise SpecError(
-            "UnsupportedKeyAlgorithm",
+            Reason.UNSUPPORTED_KEY_ALGORITHM,
             f"spec.privateKey.algorithm: {algorithm!r} is not one of ECDSA, RSA, Ed25519",
         )
     size = raw.get("size", DEFAULT_KEY_SIZE[algorithm])
     if algorithm == "Ed25519":
         if size is not None:
-            raise SpecError("UnsupportedKeySize", "spec.privateKey.size: Ed25519 keys have no size")
+            raise SpecError(
+                Reason.UNSUPPORTED_KEY_SIZE, "spec.privateKey.size: Ed25519 keys have no size"
+            )
     elif size not in KEY_SIZES[algorithm]:
         raise SpecError(
-            "UnsupportedKeySize",
+            Reason.UNSUPPORTED_KEY_SIZE,
             f"spec.privateKey.size: {algorithm} keys must be one of "
             f"{', '.join(map(str, KEY_SIZES[algorithm]))} bits, got {size!r}",
         )
     rotation = raw.get("rotationPolicy", "Always")
     if rotation not in ("Always", "Never"):
-        raise SpecError("InvalidSpec", f"spec.privateKey.rotationPolicy: {rotation!r}")
+        raise SpecError(Reason.INVALID_SPEC, f"spec.privateKey.rotationPolicy: {rotation!r}")
     return PrivateKeySpec(algorithm, size, rotation)
 
 
@@ -196,18 +205,18 @@ def _x509(raw: Mapping[str, Any]) -> X509Spec:
             ipaddress.ip_address(ip)
         except ValueError:
             raise SpecError(
-                "InvalidSpec", f"spec.x509.ipAddresses: {ip[:64]!r} is not an IP address"
+                Reason.INVALID_SPEC, f"spec.x509.ipAddresses: {ip[:64]!r} is not an IP address"
             ) from None
     usages = _strings(raw.get("usages"), "spec.x509.usages", limit=8) or DEFAULT_USAGES
     unknown = [u for u in usages if u not in USAGES]
     if unknown:
-        raise SpecError("InvalidSpec", f"spec.x509.usages: unknown usage {unknown[0]!r}")
+        raise SpecError(Reason.INVALID_SPEC, f"spec.x509.usages: unknown usage {unknown[0]!r}")
     spiffe = _mapping(raw.get("spiffe"), "spec.x509.spiffe")
     service_account = spiffe.get("serviceAccount") if spiffe else None
     uris = _strings(raw.get("uris"), "spec.x509.uris", limit=16)
     if service_account is not None and uris:
         raise SpecError(
-            "InvalidSpec", "spec.x509: a SPIFFE X509-SVID carries exactly one URI; drop uris"
+            Reason.INVALID_SPEC, "spec.x509: a SPIFFE X509-SVID carries exactly one URI; drop uris"
         )
     if (
         service_account is not None
@@ -215,10 +224,14 @@ def _x509(raw: Mapping[str, Any]) -> X509Spec:
         and not {"server auth", "client auth"} <= set(usages)
     ):
         # The signer refuses it too; saying so here names the field and costs no KMS call.
-        raise SpecError("InvalidSpec", f"spec.x509.usages {list(usages)}: {SPIFFE_USAGES_RULE}")
+        raise SpecError(
+            Reason.INVALID_SPEC, f"spec.x509.usages {list(usages)}: {SPIFFE_USAGES_RULE}"
+        )
     common_name = raw.get("commonName")
     if common_name is not None and (not isinstance(common_name, str) or len(common_name) > 64):
-        raise SpecError("InvalidSpec", "spec.x509.commonName: a string of at most 64 characters")
+        raise SpecError(
+            Reason.INVALID_SPEC, "spec.x509.commonName: a string of at most 64 characters"
+        )
     spec = X509Spec(
         common_name=common_name,
         subject=subject,
@@ -237,29 +250,38 @@ def _x509(raw: Mapping[str, Any]) -> X509Spec:
         or spec.email_addresses
         or spec.spiffe_service_account
     ):
-        raise SpecError("InvalidSpec", "spec.x509: name at least one identity (SAN or commonName)")
+        raise SpecError(
+            Reason.INVALID_SPEC, "spec.x509: name at least one identity (SAN or commonName)"
+        )
     return spec
 
 
 def _ssh(raw: Mapping[str, Any]) -> SSHSpec:
     cert_type = raw.get("type")
     if cert_type not in ("user", "host"):
-        raise SpecError("InvalidSpec", f"spec.ssh.type: must be user or host, got {cert_type!r}")
+        raise SpecError(
+            Reason.INVALID_SPEC, f"spec.ssh.type: must be user or host, got {cert_type!r}"
+        )
     principals = _strings(raw.get("principals"), "spec.ssh.principals", limit=64)
     if not principals:
-        raise SpecError("InvalidSpec", "spec.ssh.principals: at least one principal is required")
+        raise SpecError(
+            Reason.INVALID_SPEC, "spec.ssh.principals: at least one principal is required"
+        )
     options = _mapping(raw.get("criticalOptions"), "spec.ssh.criticalOptions")
     extensions = _strings(raw.get("extensions"), "spec.ssh.extensions", limit=8)
     unknown = [e for e in extensions if e not in SSH_EXTENSIONS]
     if unknown:
-        raise SpecError("InvalidSpec", f"spec.ssh.extensions: unknown extension {unknown[0]!r}")
+        raise SpecError(
+            Reason.INVALID_SPEC, f"spec.ssh.extensions: unknown extension {unknown[0]!r}"
+        )
     if cert_type == "host" and (options or extensions):
         raise SpecError(
-            "InvalidSpec", "spec.ssh: host certificates carry no critical options or extensions"
+            Reason.INVALID_SPEC,
+            "spec.ssh: host certificates carry no critical options or extensions",
         )
     key_id = raw.get("keyId")
     if key_id is not None and not isinstance(key_id, str):
-        raise SpecError("InvalidSpec", "spec.ssh.keyId: expected a string")
+        raise SpecError(Reason.INVALID_SPEC, "spec.ssh.keyId: expected a string")
     return SSHSpec(
         cert_type=cert_type,
         principals=principals,
@@ -287,15 +309,15 @@ def _template(template: Mapping[str, Any], kind: str) -> dict[str, str]:
     where = f"spec.secretTemplate.{kind}"
     for key, value in values.items():
         if key.startswith(RESERVED_PREFIXES):
-            raise SpecError("InvalidSpec", f"{where}: {key!r} is reserved for Signet")
+            raise SpecError(Reason.INVALID_SPEC, f"{where}: {key!r} is reserved for Signet")
         prefix = key.rpartition("/")[0]
         if not QUALIFIED_NAME.match(key) or len(prefix) > 253:
-            raise SpecError("InvalidSpec", f"{where}: {key[:80]!r} is not a valid key")
+            raise SpecError(Reason.INVALID_SPEC, f"{where}: {key[:80]!r} is not a valid key")
         if not isinstance(value, str):
-            raise SpecError("InvalidSpec", f"{where}.{key}: expected a string")
+            raise SpecError(Reason.INVALID_SPEC, f"{where}.{key}: expected a string")
         if kind == "labels" and not LABEL_VALUE.match(value):
             raise SpecError(
-                "InvalidSpec", f"{where}.{key}: {value[:80]!r} is not a valid label value"
+                Reason.INVALID_SPEC, f"{where}.{key}: {value[:80]!r} is not a valid label value"
             )
     return values
 
@@ -305,30 +327,33 @@ def parse_certificate_spec(spec: Mapping[str, Any]) -> CertificateSpec:
     issuer_raw = _mapping(spec.get("issuerRef"), "spec.issuerRef")
     issuer_name = issuer_raw.get("name")
     if not isinstance(issuer_name, str) or not issuer_name:
-        raise SpecError("InvalidSpec", "spec.issuerRef.name is required")
+        raise SpecError(Reason.INVALID_SPEC, "spec.issuerRef.name is required")
     kind = issuer_raw.get("kind", "Issuer")
     if kind not in ("Issuer", "ClusterIssuer"):
         raise SpecError(
-            "InvalidIssuerRef", f"spec.issuerRef.kind: {kind!r} is not Issuer or ClusterIssuer"
+            Reason.INVALID_ISSUER_REF,
+            f"spec.issuerRef.kind: {kind!r} is not Issuer or ClusterIssuer",
         )
     if issuer_raw.get("group", "signet.dev") != "signet.dev":
-        raise SpecError("InvalidIssuerRef", "spec.issuerRef.group: only signet.dev is served")
+        raise SpecError(
+            Reason.INVALID_ISSUER_REF, "spec.issuerRef.group: only signet.dev is served"
+        )
     secret_name = spec.get("secretName")
     if not isinstance(secret_name, str) or not secret_name:
-        raise SpecError("InvalidSpec", "spec.secretName is required")
+        raise SpecError(Reason.INVALID_SPEC, "spec.secretName is required")
     duration = parse_duration(spec.get("duration", "24h"), field="spec.duration")
     if not MIN_DURATION <= duration <= MAX_DURATION:
-        raise SpecError("InvalidDuration", "spec.duration: must be between 1m and 87600h")
+        raise SpecError(Reason.INVALID_DURATION, "spec.duration: must be between 1m and 87600h")
     renew_before = None
     if spec.get("renewBefore") is not None:
         renew_before = parse_duration(spec["renewBefore"], field="spec.renewBefore")
         if renew_before >= duration:
             raise SpecError(
-                "InvalidDuration", "spec.renewBefore must be shorter than spec.duration"
+                Reason.INVALID_DURATION, "spec.renewBefore must be shorter than spec.duration"
             )
     has_x509, has_ssh = spec.get("x509") is not None, spec.get("ssh") is not None
     if has_x509 == has_ssh:
-        raise SpecError("InvalidSpec", "exactly one of spec.x509 or spec.ssh must be set")
+        raise SpecError(Reason.INVALID_SPEC, "exactly one of spec.x509 or spec.ssh must be set")
     template = _mapping(spec.get("secretTemplate"), "spec.secretTemplate")
     private_key = _private_key(_mapping(spec.get("privateKey"), "spec.privateKey"))
     return CertificateSpec(

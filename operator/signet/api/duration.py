@@ -6,6 +6,7 @@ import datetime
 import re
 
 from signet.api.errors import SpecError
+from signet.reasons import Reason
 
 _UNITS = {
     "ns": 1e-9,
@@ -23,7 +24,7 @@ def parse_duration(text: str, *, field: str) -> datetime.timedelta:
     """Parse a positive Go duration; ``field`` names the spec field for the error message."""
     if not isinstance(text, str) or not text:
         raise SpecError(
-            "InvalidDuration", f"{field}: expected a duration such as 24h, got {text!r}"
+            Reason.INVALID_DURATION, f"{field}: expected a duration such as 24h, got {text!r}"
         )
     position, seconds = 0, 0.0
     for match in _PART.finditer(text):
@@ -32,9 +33,13 @@ def parse_duration(text: str, *, field: str) -> datetime.timedelta:
         seconds += float(match.group(1)) * _UNITS[match.group(2)]
         position = match.end()
     if position != len(text) or len(text) > 32:
-        raise SpecError("InvalidDuration", f"{field}: {text[:40]!r} is not a duration like 24h")
+        raise SpecError(
+            Reason.INVALID_DURATION, f"{field}: {text[:40]!r} is not a duration like 24h"
+        )
     if seconds <= 0:
-        raise SpecError("InvalidDuration", f"{field}: duration must be positive, got {text!r}")
+        raise SpecError(
+            Reason.INVALID_DURATION, f"{field}: duration must be positive, got {text!r}"
+        )
     return datetime.timedelta(seconds=seconds)
 
 

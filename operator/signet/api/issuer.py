@@ -12,6 +12,7 @@ from typing import Any
 from signet.api.certificate import SSH_CRITICAL_OPTIONS, SSH_EXTENSIONS
 from signet.api.duration import parse_duration
 from signet.api.errors import SpecError
+from signet.reasons import Reason
 
 KEY_VERSION = re.compile(
     r"^projects/[a-z][a-z0-9-]{4,61}[a-z0-9]/locations/[a-z0-9-]{1,63}/keyRings/[a-zA-Z0-9_-]{1,63}"
@@ -97,7 +98,7 @@ def _patterns(raw: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tup
     if value is None:
         return default
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SpecError("InvalidPolicy", f"spec.policy.{key}: expected a list of strings")
+        raise SpecError(Reason.INVALID_POLICY, f"spec.policy.{key}: expected a list of strings")
     return tuple(value)
 
 
@@ -109,7 +110,7 @@ def _names(
     for value in values:
         if value not in known:
             raise SpecError(
-                "InvalidPolicy",
+                Reason.INVALID_POLICY,
                 f"spec.policy.{key}: {value[:64]!r} is not one of {', '.join(known)}",
             )
     return values
@@ -123,12 +124,12 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise SpecError(
-                "InvalidPolicy", f"spec.policy.allowedIPRanges: {cidr!r} is not a CIDR"
+                Reason.INVALID_POLICY, f"spec.policy.allowedIPRanges: {cidr!r} is not a CIDR"
             ) from None
     common_names = raw.get("allowedCommonNames")
     allow_wildcards = raw.get("allowWildcards", False)
     if not isinstance(allow_wildcards, bool):
-        raise SpecError("InvalidPolicy", "spec.policy.allowWildcards: expected true or false")
+        raise SpecError(Reason.INVALID_POLICY, "spec.policy.allowWildcards: expected true or false")
     return Policy(
         max_duration=max_duration,
         allowed_dns_names=_patterns(raw, "allowedDNSNames", DEFAULT_DNS_PATTERNS),
@@ -163,14 +164,14 @@ def parse_issuer_spec(
     key_version = ((spec.get("kms") or {}).get("cloudKMS") or {}).get("keyVersion")
     if not isinstance(key_version, str) or not KEY_VERSION.match(key_version):
         raise SpecError(
-            "InvalidKeyVersion",
+            Reason.INVALID_KEY_VERSION,
             "spec.kms.cloudKMS.keyVersion must be projects/P/locations/L/keyRings/R/cryptoKeys/K"
             f"/cryptoKeyVersions/N, got {str(key_version)[:200]!r}",
         )
     x509 = spec.get("x509") or {}
     ca_secret = self_signed = None
     if x509.get("caSecretRef") is not None and x509.get("selfSigned") is not None:
-        raise SpecError("InvalidSpec", "spec.x509: set caSecretRef or selfSigned, not both")
+        raise SpecError(Reason.INVALID_SPEC, "spec.x509: set caSecretRef or selfSigned, not both")
     if x509.get("caSecretRef") is not None:
         ref = x509["caSecretRef"]
         ca_secret = CASecretRef(ref["name"], ref.get("key", "ca.crt"), ref.get("namespace"))
@@ -184,14 +185,14 @@ def parse_issuer_spec(
             ),
         )
     elif "x509" in spec:
-        raise SpecError("InvalidSpec", "spec.x509: set caSecretRef or selfSigned")
+        raise SpecError(Reason.INVALID_SPEC, "spec.x509: set caSecretRef or selfSigned")
     ssh_enabled = bool((spec.get("ssh") or {}).get("enabled", "ssh" in spec))
     if ca_secret is None and self_signed is None and not ssh_enabled:
-        raise SpecError("InvalidSpec", "an issuer must enable x509, ssh, or both")
+        raise SpecError(Reason.INVALID_SPEC, "an issuer must enable x509, ssh, or both")
     trust_domain = spec.get("trustDomain", "cluster.local")
     if not isinstance(trust_domain, str) or not TRUST_DOMAIN.match(trust_domain):
         raise SpecError(
-            "InvalidTrustDomain",
+            Reason.INVALID_TRUST_DOMAIN,
             f"spec.trustDomain: {str(trust_domain)[:64]!r} is not a SPIFFE trust domain",
         )
     selector = spec.get("namespaceSelector") if kind == "ClusterIssuer" else None

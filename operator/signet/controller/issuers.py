@@ -22,6 +22,7 @@ from signet.api import SpecError
 from signet.api.issuer import IssuerSpec, parse_issuer_spec
 from signet.controller import status as st
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
+from signet.decisions.certificate import retry_delay
 from signet.issuance import IssuerMaterial
 from signet.kms.cloudkms import (
     CloudKmsSigner,
@@ -38,7 +39,7 @@ from signet.pki import keys, kmskey
 from signet.pki import ssh as pki_ssh
 from signet.pki import x509 as pki_x509
 from signet.pki.chain import CaChain, parse_ca_chain
-from signet.renewal.decisions import retry_delay
+from signet.reasons import Reason
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ class IssuerController:
         what = ", ".join(p for p in ("X.509" if chain else "", "SSH" if ssh_line else "") if p)
         return IssuerState(
             True,
-            "KeyReady",
+            Reason.KEY_READY,
             f"signing {what} with {spec.key_version} ({kms_key.algorithm})",
             spec,
             material,
@@ -258,19 +259,21 @@ class IssuerController:
             secret = await self._api.get_secret(namespace, spec.ca_secret.name)
             if secret is None:
                 raise SpecError(
-                    "CASecretNotFound", f"CA Secret {namespace}/{spec.ca_secret.name} not found"
+                    Reason.CA_SECRET_NOT_FOUND,
+                    f"CA Secret {namespace}/{spec.ca_secret.name} not found",
                 )
             encoded = (secret.get("data") or {}).get(spec.ca_secret.key)
             if not encoded:
                 raise SpecError(
-                    "CASecretInvalid",
+                    Reason.CA_SECRET_INVALID,
                     f"CA Secret {namespace}/{spec.ca_secret.name} has no {spec.ca_secret.key!r}",
                 )
             try:
                 return parse_ca_chain(base64.b64decode(encoded), kms_key.public_key)
             except ValueError as error:
                 raise SpecError(
-                    "CASecretInvalid", f"CA Secret {namespace}/{spec.ca_secret.name}: {error}"
+                    Reason.CA_SECRET_INVALID,
+                    f"CA Secret {namespace}/{spec.ca_secret.name}: {error}",
                 ) from None
         if spec.self_signed is None:
             return None

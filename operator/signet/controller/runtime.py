@@ -22,6 +22,7 @@ from signet.controller.issuers import IssuerController, IssuerId
 from signet.controller.kubeapi import KubeApi, Obj
 from signet.controller.leadership import LeaderGate
 from signet.controller.trust import TrustPublisher
+from signet.controller.watchcache import cert_id
 from signet.kms.cloudkms import (
     RetryPolicy,
     SignLimiter,
@@ -32,7 +33,7 @@ from signet.kms.cloudkms import (
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
 from signet.observe.metrics import Metrics
-from signet.renewal.queue import WorkQueue
+from signet.schedule.queue import WorkQueue
 from signet.secrets import layout
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class Runtime:
             return
         kind, namespace, name = key
         if kind == "Certificate":
-            await self.certificates.reconcile((namespace, name))
+            await self.certificates.reconcile(cert_id(namespace, name))
         elif kind == TRUST:
             issuer_kind, issuer_namespace, issuer_name = name.split("/")
             await self.certificates.publish_trust(

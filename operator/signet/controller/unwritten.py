@@ -18,9 +18,9 @@ import datetime
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from signet.controller.watchcache import CertId
 from signet.issuance import Issued
-
-CertId = tuple[str, str]
+from signet.reasons import Reason
 
 CAPACITY = 1000
 """Signed certificates kept for a rewrite; past this, the oldest is given up (audited)."""
@@ -39,7 +39,7 @@ class Unwritten:
     spec_hash: str
     key_version: str
     revision: int
-    trigger: str
+    trigger: Reason
     renew_at: datetime.datetime
     """Past this the certificate is due for renewal anyway: writing it would be pointless."""
 

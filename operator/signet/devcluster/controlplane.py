@@ -28,8 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from signet.devcluster import credentials, kubeconfig
+
+if TYPE_CHECKING:
+    from signet.devcluster.node import LocalNode
 
 _PR_SET_PDEATHSIG = 1
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -95,6 +99,9 @@ class LocalControlPlane:
     with_controller_manager: bool = True
     workdir: Path | None = None
     extra_apiserver_args: Sequence[str] = ()
+    # A real kubelet node (signet.devcluster.node): needs root, containerd and runc.
+    with_node: bool = False
+    node: LocalNode | None = field(default=None, init=False)
     _children: list[_Child] = field(default_factory=list, init=False)
     _owns_workdir: bool = field(default=False, init=False)
     _creds: credentials.ControlPlaneCredentials | None = field(default=None, init=False)
@@ -148,6 +155,12 @@ class LocalControlPlane:
                 f"--tls-private-key-file={creds.serving_key}",
                 f"--client-ca-file={creds.ca_cert}",
                 "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                # Logs and exec reach the kubelet as the admin; its certificate is checked.
+                f"--kubelet-client-certificate={creds.admin_cert}",
+                f"--kubelet-client-key={creds.admin_key}",
+                f"--kubelet-certificate-authority={creds.ca_cert}",
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={creds.sa_public_key}",
                 f"--service-account-signing-key-file={creds.sa_signing_key}",
@@ -177,6 +190,12 @@ class LocalControlPlane:
                     "--concurrent-namespace-syncs=5",
                 ],
             )
+        if self.with_node:
+            # Imported here: node.py builds on this module.
+            from signet.devcluster.node import LocalNode
+
+            self.node = LocalNode(self.workdir / "node", self.bin_dir, self.server, creds)
+            self.node.start(time.monotonic() + 120)
 
     def _start_etcd(self, deadline: float) -> None:
         assert self.workdir is not None
@@ -274,6 +293,9 @@ class LocalControlPlane:
 
     def stop(self) -> None:
         """Kill every child (newest first) and remove the folder we created."""
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
         while self._children:
             _terminate(self._children.pop().process)
         if self._owns_workdir and self.workdir is not None:

@@ -26,6 +26,7 @@ class ControlPlaneCredentials:
     """File paths of everything kube-apiserver and its clients are started with."""
 
     ca_cert: Path
+    ca_key: Path
     serving_cert: Path
     serving_key: Path
     admin_cert: Path
@@ -129,6 +130,7 @@ def generate(folder: Path) -> ControlPlaneCredentials:
 
     creds = ControlPlaneCredentials(
         ca_cert=folder / "ca.crt",
+        ca_key=folder / "ca.key",
         serving_cert=folder / "apiserver.crt",
         serving_key=folder / "apiserver.key",
         admin_cert=folder / "admin.crt",
@@ -137,6 +139,7 @@ def generate(folder: Path) -> ControlPlaneCredentials:
         sa_public_key=folder / "sa.pub",
     )
     creds.ca_cert.write_bytes(ca.public_bytes(pem))
+    _write_key(creds.ca_key, ca_key)
     creds.serving_cert.write_bytes(serving.public_bytes(pem))
     _write_key(creds.serving_key, serving_key)
     creds.admin_cert.write_bytes(admin.public_bytes(pem))
@@ -146,3 +149,34 @@ def generate(folder: Path) -> ControlPlaneCredentials:
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return creds
+
+
+def issue_leaf(
+    creds: ControlPlaneCredentials,
+    folder: Path,
+    name: str,
+    *,
+    common_name: str,
+    organization: str | None = None,
+    server: bool = False,
+    ip_addresses: tuple[str, ...] = (),
+) -> tuple[Path, Path]:
+    """A key and certificate signed by the control plane's CA, for components that join it
+    later (a kubelet's client and serving identities); returns (certificate, key) paths."""
+    ca_key = serialization.load_pem_private_key(creds.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate(creds.ca_cert.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(
+        _name(common_name, organization),
+        key.public_key(),
+        ca.subject,
+        ca_key,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH,
+        sans=[x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses] or None,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return cert_path, key_path

@@ -51,6 +51,7 @@ from signet.kms.algorithms import (
 )
 from signet.kms.crc import crc32c
 from signet.kms.signer import KmsPublicKey
+from signet.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class KmsError(Exception):
     """A KMS operation failed. ``reason`` is a short CamelCase token for conditions and
     metrics; the message names the key version and the cause (never key material)."""
 
-    reason: ClassVar[str] = "KMSError"
+    reason: ClassVar[Reason] = Reason.KMS_ERROR
 
     def __init__(
         self, key_version: str, cause: str, *, code: str | None = None, attempts: int = 1
@@ -96,49 +97,49 @@ class KmsError(Exception):
 class KmsPermissionDenied(KmsError):
     """PERMISSION_DENIED or UNAUTHENTICATED: fix IAM, retrying will not help."""
 
-    reason = "KMSPermissionDenied"
+    reason = Reason.KMS_PERMISSION_DENIED
 
 
 class KmsKeyNotFound(KmsError):
     """The key version does not exist (NOT_FOUND)."""
 
-    reason = "KMSKeyNotFound"
+    reason = Reason.KMS_KEY_NOT_FOUND
 
 
 class KmsKeyDisabled(KmsError):
     """FAILED_PRECONDITION: the version is disabled, scheduled for destruction or gone."""
 
-    reason = "KMSKeyDisabled"
+    reason = Reason.KMS_KEY_DISABLED
 
 
 class KmsInvalidArgument(KmsError):
     """INVALID_ARGUMENT: a malformed name or a request KMS rejected."""
 
-    reason = "KMSInvalidArgument"
+    reason = Reason.KMS_INVALID_ARGUMENT
 
 
 class KmsUnavailable(KmsError):
     """KMS could not be reached in time (UNAVAILABLE / DEADLINE_EXCEEDED after retries)."""
 
-    reason = "KMSUnavailable"
+    reason = Reason.KMS_UNAVAILABLE
 
 
 class KmsQuotaExceeded(KmsUnavailable):
     """RESOURCE_EXHAUSTED persisted until the deadline."""
 
-    reason = "KMSQuotaExceeded"
+    reason = Reason.KMS_QUOTA_EXCEEDED
 
 
 class KmsIntegrityError(KmsError):
     """A checksum, resource name or local signature check failed."""
 
-    reason = "KMSIntegrityError"
+    reason = Reason.KMS_INTEGRITY_ERROR
 
 
 class KmsWrongAlgorithm(KmsError):
     """The key version's algorithm is unsupported or not the one configured."""
 
-    reason = "KMSWrongAlgorithm"
+    reason = Reason.KMS_WRONG_ALGORITHM
 
 
 _ERRORS_BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {

@@ -26,6 +26,7 @@ __all__ = [
     "RSA_SIZES",
     "LeafPrivateKey",
     "LeafPublicKey",
+    "fits",
     "generate_private_key",
     "load_private_key",
     "openssh_fingerprint",
@@ -177,6 +178,16 @@ def private_key_matches(
     fmt = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
     return key.public_key().public_bytes(enc, fmt) == cert_key.public_bytes(enc, fmt)
+
+
+def fits(key: LeafPrivateKey, algorithm: str, size: int | None) -> bool:
+    """Whether ``key`` is of the spec's algorithm and size (rotationPolicy Never keeps a
+    key only while it still is)."""
+    if algorithm == "RSA":
+        return isinstance(key, rsa.RSAPrivateKey) and key.key_size == size
+    if algorithm == "ECDSA":
+        return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size == size
+    return algorithm == "Ed25519" and isinstance(key, ed25519.Ed25519PrivateKey)
 
 
 def _or_list(values: tuple[int, ...]) -> str:

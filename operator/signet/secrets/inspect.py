@@ -22,6 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from signet.pki import keys
+from signet.reasons import Reason
 from signet.secrets import layout
 
 
@@ -41,7 +42,7 @@ class SecretSummary:
     annotations: Mapping[str, str] = field(default_factory=dict)
     owner_uid: str | None = None
     """UID of the Certificate named as controller in ownerReferences, if any."""
-    problem: str | None = None
+    problem: Reason | None = None
     """Named reason the content is unusable (MissingData, InvalidCertificate, ...)."""
     problem_message: str = ""
     serial: str | None = None
@@ -130,7 +131,7 @@ def summarize(secret: Mapping[str, Any], *, written_by_us: bool = False) -> Secr
 
 
 class _Problem(Exception):
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason, self.message = reason, message
 
@@ -148,7 +149,7 @@ def _require(data: Mapping[str, Any], secret_type: str) -> dict[str, bytes]:
     for key in layout.REQUIRED_KEYS[secret_type]:
         value = _decode(data, key)
         if not value:
-            raise _Problem("MissingData", f"Secret data {key!r} is missing or empty")
+            raise _Problem(Reason.MISSING_DATA, f"Secret data {key!r} is missing or empty")
         values[key] = value
     return values
 
@@ -162,22 +163,26 @@ def _require_matching_key(
     try:
         key = keys.load_private_key(values[field])
     except ValueError:
-        raise _Problem("InvalidKey", f"{field} is not a usable private key") from None
+        raise _Problem(Reason.INVALID_KEY, f"{field} is not a usable private key") from None
     if not keys.private_key_matches(key, certificate):
-        raise _Problem("KeyMismatch", f"{field} does not match {described}")
+        raise _Problem(Reason.KEY_MISMATCH, f"{field} does not match {described}")
 
 
 def _summarize_x509(
     base: SecretSummary, data: Mapping[str, Any], *, check_key: bool
 ) -> SecretSummary:
     if base.secret_type != layout.TLS_TYPE:
-        raise _Problem("InvalidType", f"Secret type is {base.secret_type!r}, not kubernetes.io/tls")
+        raise _Problem(
+            Reason.INVALID_TYPE, f"Secret type is {base.secret_type!r}, not kubernetes.io/tls"
+        )
     values = _require(data, layout.TLS_TYPE)
     try:
         chain = x509.load_pem_x509_certificates(values[layout.TLS_CERT])
         x509.load_pem_x509_certificates(values[layout.CA_CERT])
     except ValueError:
-        raise _Problem("InvalidCertificate", "tls.crt or ca.crt is not a PEM certificate") from None
+        raise _Problem(
+            Reason.INVALID_CERTIFICATE, "tls.crt or ca.crt is not a PEM certificate"
+        ) from None
     leaf = chain[0]
     if check_key:
         _require_matching_key(values, layout.TLS_KEY, leaf, "the certificate in tls.crt")
@@ -204,10 +209,12 @@ def _summarize_ssh(
         certificate = serialization.load_ssh_public_identity(values[layout.SSH_CERTIFICATE])
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise _Problem(
-            "InvalidCertificate", "ssh-certificate is not an OpenSSH certificate"
+            Reason.INVALID_CERTIFICATE, "ssh-certificate is not an OpenSSH certificate"
         ) from None
     if not isinstance(certificate, serialization.SSHCertificate):
-        raise _Problem("InvalidCertificate", "ssh-certificate holds a plain key, not a certificate")
+        raise _Problem(
+            Reason.INVALID_CERTIFICATE, "ssh-certificate holds a plain key, not a certificate"
+        )
     if check_key:
         _require_matching_key(values, layout.SSH_PRIVATE_KEY, certificate, "ssh-certificate")
     utc = datetime.UTC

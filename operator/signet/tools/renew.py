@@ -17,10 +17,10 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
+from signet.api.certificate import RENEW_ANNOTATION
 from signet.secrets import layout
 from signet.tools.kube import GROUP, VERSION, Cluster, ToolError, api_error
 
-RENEW_ANNOTATION = "signet.dev/renew-requested-at"
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 

@@ -14,6 +14,7 @@ import hashlib
 from dataclasses import dataclass
 
 from signet.api.certificate import CertificateSpec
+from signet.reasons import Reason
 from signet.secrets import layout
 from signet.secrets.inspect import SecretSummary
 
@@ -35,7 +36,7 @@ class Action(enum.Enum):
 @dataclass(frozen=True)
 class Decision:
     action: Action
-    reason: str
+    reason: Reason
     message: str
     wake_at: datetime.datetime | None = None
     """When to look again if nothing happens in between (renewal time)."""
@@ -149,11 +150,13 @@ def decide(
     then only checks that do not depend on it are made."""
     spec = cert.spec
     if secret is None:
-        return Decision(Action.ISSUE, "DoesNotExist", f"Secret {spec.secret_name!r} does not exist")
+        return Decision(
+            Action.ISSUE, Reason.DOES_NOT_EXIST, f"Secret {spec.secret_name!r} does not exist"
+        )
     if not secret.managed:
         return Decision(
             Action.REFUSE,
-            "SecretNotManaged",
+            Reason.SECRET_NOT_MANAGED,
             f"Secret {spec.secret_name!r} exists and was not created by Signet; "
             "refusing to overwrite it (delete it or choose another secretName)",
         )
@@ -162,7 +165,7 @@ def decide(
     ):
         return Decision(
             Action.REFUSE,
-            "SecretInUse",
+            Reason.SECRET_IN_USE,
             f"Secret {spec.secret_name!r} belongs to Certificate {secret.certificate_name!r}; "
             "two Certificates cannot share a Secret",
         )
@@ -170,27 +173,33 @@ def decide(
         return Decision(Action.ISSUE, secret.problem, secret.problem_message)
     mismatch = _issuer_mismatch(cert, secret, issuer)
     if mismatch:
-        return Decision(Action.ISSUE, "IncorrectIssuer", mismatch)
+        return Decision(Action.ISSUE, Reason.INCORRECT_ISSUER, mismatch)
     if secret.annotations.get(layout.SPEC_HASH) != spec.content_hash():
-        return Decision(Action.ISSUE, "SpecChanged", "the spec changed since the last issuance")
+        return Decision(
+            Action.ISSUE, Reason.SPEC_CHANGED, "the spec changed since the last issuance"
+        )
     if _renewal_requested(cert.renew_requested_at, secret.annotations.get(layout.ISSUED_AT), now):
-        return Decision(Action.ISSUE, "ManuallyTriggered", "renewal requested (signet renew)")
+        return Decision(Action.ISSUE, Reason.MANUALLY_TRIGGERED, "renewal requested (signet renew)")
     assert secret.not_before is not None and secret.not_after is not None
     if now >= secret.not_after:
         return Decision(
-            Action.ISSUE, "Expired", f"certificate expired at {secret.not_after:%Y-%m-%dT%H:%M:%SZ}"
+            Action.ISSUE,
+            Reason.EXPIRED,
+            f"certificate expired at {secret.not_after:%Y-%m-%dT%H:%M:%SZ}",
         )
     due = renewal_time(
         cert.uid, secret.not_before, secret.not_after, spec.renew_before_or_default()
     )
     if now >= due:
-        return Decision(Action.ISSUE, "Renewing", f"renewal time {due:%Y-%m-%dT%H:%M:%SZ} reached")
+        return Decision(
+            Action.ISSUE, Reason.RENEWING, f"renewal time {due:%Y-%m-%dT%H:%M:%SZ} reached"
+        )
     drift = _template_drift(spec, secret)
     if drift:
         return Decision(
             Action.REPAIR_METADATA,
-            "SecretMetadataDrift",
+            Reason.SECRET_METADATA_DRIFT,
             f"Secret {drift} differs from secretTemplate",
             due,
         )
-    return Decision(Action.NOTHING, "UpToDate", "certificate is up to date", due)
+    return Decision(Action.NOTHING, Reason.UP_TO_DATE, "certificate is up to date", due)

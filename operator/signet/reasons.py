@@ -1,0 +1,157 @@
+"""Every reason Signet gives, in one place: why it signs, why it will not, why it failed.
+
+A reason is what an SRE reads in a condition, an Event and a metric label, so the three
+must agree, and whether Signet will try again on its own must follow from the reason alone
+rather than from lists kept beside each caller. Members are strings (``StrEnum``): they go
+into the API and JSON as they are.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Kind(enum.Enum):
+    """What a reason says about the next attempt."""
+
+    TRIGGER = "trigger"
+    """A new signature is due; the Issuing condition and Issued Event say which."""
+    SETTLED = "settled"
+    """Nothing to sign (up to date, or only metadata to repair)."""
+    REFUSED = "refused"
+    """The request or its surroundings are wrong; retrying the same input fails the same
+    way, so Signet waits for a change (of the spec, the issuer, the namespace, the Secret)."""
+    TRANSIENT = "transient"
+    """Something outside was unavailable; retried on the backoff schedule."""
+
+
+class Reason(enum.StrEnum):
+    # -- triggers: why a signature is spent (cert-manager's issuing reasons) ----------------
+    DOES_NOT_EXIST = "DoesNotExist"
+    MISSING_DATA = "MissingData"
+    INVALID_KEY = "InvalidKey"
+    INVALID_TYPE = "InvalidType"
+    INVALID_CERTIFICATE = "InvalidCertificate"
+    KEY_MISMATCH = "KeyMismatch"
+    INCORRECT_ISSUER = "IncorrectIssuer"
+    SPEC_CHANGED = "SpecChanged"
+    MANUALLY_TRIGGERED = "ManuallyTriggered"
+    EXPIRED = "Expired"
+    RENEWING = "Renewing"
+    # -- settled -------------------------------------------------------------------------
+    UP_TO_DATE = "UpToDate"
+    SECRET_METADATA_DRIFT = "SecretMetadataDrift"
+    READY = "Ready"
+    ISSUED = "Issued"
+    SECRET_REPAIRED = "SecretRepaired"
+    KEY_READY = "KeyReady"
+    # -- refused: the Secret is not Signet's to write -------------------------------------
+    SECRET_NOT_MANAGED = "SecretNotManaged"
+    SECRET_IN_USE = "SecretInUse"
+    SECRET_TYPE_CHANGED = "SecretTypeChanged"
+    # -- refused: the spec ----------------------------------------------------------------
+    INVALID_SPEC = "InvalidSpec"
+    INVALID_DURATION = "InvalidDuration"
+    INVALID_POLICY = "InvalidPolicy"
+    INVALID_KEY_VERSION = "InvalidKeyVersion"
+    INVALID_TRUST_DOMAIN = "InvalidTrustDomain"
+    INVALID_REQUEST = "InvalidRequest"
+    INVALID_ISSUER_REF = "InvalidIssuerRef"
+    UNSUPPORTED_KEY_ALGORITHM = "UnsupportedKeyAlgorithm"
+    UNSUPPORTED_KEY_SIZE = "UnsupportedKeySize"
+    # -- refused: policy ------------------------------------------------------------------
+    NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
+    DURATION_TOO_LONG = "DurationTooLong"
+    KEY_ALGORITHM_NOT_ALLOWED = "KeyAlgorithmNotAllowed"
+    X509_NOT_ENABLED = "X509NotEnabled"
+    SSH_NOT_ENABLED = "SSHNotEnabled"
+    SSH_TYPE_NOT_ALLOWED = "SSHTypeNotAllowed"
+    SSH_PRINCIPAL_NOT_ALLOWED = "SSHPrincipalNotAllowed"
+    SSH_CRITICAL_OPTION_NOT_ALLOWED = "SSHCriticalOptionNotAllowed"
+    SSH_EXTENSION_NOT_ALLOWED = "SSHExtensionNotAllowed"
+    SPIFFE_ID_NOT_ALLOWED = "SPIFFEIDNotAllowed"
+    WILDCARD_NOT_ALLOWED = "WildcardNotAllowed"
+    DNS_NAME_NOT_ALLOWED = "DNSNameNotAllowed"
+    URI_NOT_ALLOWED = "URINotAllowed"
+    EMAIL_ADDRESS_NOT_ALLOWED = "EmailAddressNotAllowed"
+    COMMON_NAME_NOT_ALLOWED = "CommonNameNotAllowed"
+    IP_ADDRESS_NOT_ALLOWED = "IPAddressNotAllowed"
+    # -- refused: the issuer's key cannot do what is asked ----------------------------------
+    SSH_UNSUPPORTED_KEY = "SSHUnsupportedKey"
+    # -- transient (KMS and IAM change outside Kubernetes: only a retry can notice) --------
+    KMS_PERMISSION_DENIED = "KMSPermissionDenied"
+    KMS_INVALID_ARGUMENT = "KMSInvalidArgument"
+    KMS_WRONG_ALGORITHM = "KMSWrongAlgorithm"
+    ISSUER_NOT_FOUND = "IssuerNotFound"
+    ISSUER_NOT_READY = "IssuerNotReady"
+    CA_SECRET_NOT_FOUND = "CASecretNotFound"
+    CA_SECRET_INVALID = "CASecretInvalid"
+    KMS_ERROR = "KMSError"
+    KMS_KEY_NOT_FOUND = "KMSKeyNotFound"
+    KMS_KEY_DISABLED = "KMSKeyDisabled"
+    KMS_UNAVAILABLE = "KMSUnavailable"
+    KMS_QUOTA_EXCEEDED = "KMSQuotaExceeded"
+    KMS_INTEGRITY_ERROR = "KMSIntegrityError"
+    SECRET_WRITE_FAILED = "SecretWriteFailed"
+    API_ERROR = "APIError"
+    INTERNAL_ERROR = "InternalError"
+
+    @property
+    def kind(self) -> Kind:
+        return _KINDS[self]
+
+    @property
+    def permanent(self) -> bool:
+        """Retrying the same inputs cannot help: wait for them to change."""
+        return _KINDS[self] is Kind.REFUSED
+
+
+_TRIGGERS = {
+    Reason.DOES_NOT_EXIST,
+    Reason.MISSING_DATA,
+    Reason.INVALID_KEY,
+    Reason.INVALID_TYPE,
+    Reason.INVALID_CERTIFICATE,
+    Reason.KEY_MISMATCH,
+    Reason.INCORRECT_ISSUER,
+    Reason.SPEC_CHANGED,
+    Reason.MANUALLY_TRIGGERED,
+    Reason.EXPIRED,
+    Reason.RENEWING,
+}
+_SETTLED = {
+    Reason.UP_TO_DATE,
+    Reason.SECRET_METADATA_DRIFT,
+    Reason.READY,
+    Reason.ISSUED,
+    Reason.SECRET_REPAIRED,
+    Reason.KEY_READY,
+}
+_TRANSIENT = {
+    Reason.KMS_PERMISSION_DENIED,
+    Reason.KMS_INVALID_ARGUMENT,
+    Reason.KMS_WRONG_ALGORITHM,
+    Reason.ISSUER_NOT_FOUND,
+    Reason.ISSUER_NOT_READY,
+    Reason.CA_SECRET_NOT_FOUND,
+    Reason.CA_SECRET_INVALID,
+    Reason.KMS_ERROR,
+    Reason.KMS_KEY_NOT_FOUND,
+    Reason.KMS_KEY_DISABLED,
+    Reason.KMS_UNAVAILABLE,
+    Reason.KMS_QUOTA_EXCEEDED,
+    Reason.KMS_INTEGRITY_ERROR,
+    Reason.SECRET_WRITE_FAILED,
+    Reason.API_ERROR,
+    Reason.INTERNAL_ERROR,
+}
+_KINDS: dict[Reason, Kind] = {
+    reason: Kind.TRIGGER
+    if reason in _TRIGGERS
+    else Kind.SETTLED
+    if reason in _SETTLED
+    else Kind.TRANSIENT
+    if reason in _TRANSIENT
+    else Kind.REFUSED
+    for reason in Reason
+}

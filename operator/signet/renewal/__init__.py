@@ -1,1 +1,0 @@
-"""When certificates are due, and the one scheduler that wakes them."""
