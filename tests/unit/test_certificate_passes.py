@@ -382,7 +382,11 @@ def test_an_invalid_issuer_spec_is_not_retried(bed: Any, kms_key_factory: KeyFac
     async def scenario(bed: Bed) -> None:
         await bed.issuer(key, policy={"maxDuration": "forever"})
         state = bed.issuers.states[ISSUER]
-        assert (state.ready, state.reason, state.permanent) == (False, "InvalidDuration", True)
+        assert (state.ready, state.reason, state.reason.permanent) == (
+            False,
+            "InvalidDuration",
+            True,
+        )
         assert [ident for ident, _ in bed.scheduled] == []
 
     bed(scenario)

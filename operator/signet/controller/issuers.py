@@ -52,14 +52,14 @@ RECHECK = datetime.timedelta(minutes=10)
 
 @dataclass
 class IssuerState:
+    """An issuer as last resolved: ready with its material, or why not."""
+
     ready: bool
-    reason: str
+    reason: Reason
     message: str
     spec: IssuerSpec | None = None
     material: IssuerMaterial | None = None
     failures: int = 0
-    permanent: bool = False
-    """A spec error: retrying cannot help until the spec changes (which wakes it)."""
     bootstrap: str | None = None
     """Audit id of a CA bootstrap signature made by this resolve, until it is published."""
 
@@ -157,7 +157,7 @@ class IssuerController:
             self._schedule(ident, RECHECK.total_seconds())
         else:
             state.failures = (previous.failures if previous else 0) + 1
-            if not state.permanent:
+            if not state.reason.permanent:  # a spec error waits for the spec to change
                 self._schedule(ident, retry_delay(state.failures).total_seconds())
         self.states[ident] = state
         changed = (
@@ -205,7 +205,7 @@ class IssuerController:
         try:
             spec = parse_issuer_spec(kind, name, namespace or None, body.get("spec") or {})
         except SpecError as error:
-            return IssuerState(False, error.reason, error.message, permanent=True)
+            return IssuerState(False, error.reason, error.message)
         signer = self.signer(spec.key_version)
         bootstrap: list[str] = []
         try:
@@ -222,7 +222,7 @@ class IssuerController:
                 self._audit.delivery(
                     signature, outcome="discarded", reason="BuildFailed", message=str(error)
                 )
-            return IssuerState(False, "InternalError", str(error), spec)
+            return IssuerState(False, Reason.INTERNAL_ERROR, str(error), spec)
         except SpecError as error:
             return IssuerState(False, error.reason, error.message, spec)
         ssh_line = None
@@ -230,7 +230,7 @@ class IssuerController:
             try:
                 pki_ssh.check_ssh_ca_algorithm(kms_key.algorithm)
             except ValueError as error:
-                return IssuerState(False, "SSHUnsupportedKey", str(error), spec, permanent=True)
+                return IssuerState(False, Reason.SSH_UNSUPPORTED_KEY, str(error), spec)
             ssh_line = pki_ssh.public_key_line(kms_key.public_key, f"signet-{name}")
         material = IssuerMaterial(spec, signer, kms_key, chain, ssh_line)
         what = ", ".join(p for p in ("X.509" if chain else "", "SSH" if ssh_line else "") if p)
