@@ -38,7 +38,7 @@ from bench.procs import (
 )
 from signet.controller.kubeapi import KubeApi
 from signet.kms.cloudkms import CloudKmsSigner, SignLimiter, close_client, create_client
-from signet.secrets import layout
+from signet.secretformat import layout
 
 # The operator's defaults (signet run): reconcile workers, signs in flight, API threads.
 OPERATOR_WORKERS = 32

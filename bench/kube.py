@@ -24,7 +24,7 @@ from kubernetes.client import ApiException
 
 from signet.api import GROUP, VERSION
 from signet.controller.kubeapi import KubeApi
-from signet.secrets import layout
+from signet.secretformat import layout
 
 Obj = dict[str, Any]
 _LABEL = re.compile(r'(\w+)="([^"]*)"')

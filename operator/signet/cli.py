@@ -20,8 +20,12 @@ def _cluster_up(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with LocalControlPlane(with_controller_manager=not args.no_controller_manager) as plane:
+    with LocalControlPlane(
+        with_controller_manager=not args.no_controller_manager, with_node=args.node
+    ) as plane:
         print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
+        if plane.node is not None:
+            print(f"# node {plane.node.name} ({plane.node.ip}) is Ready", file=sys.stderr)
         print(f"# kube-apiserver {plane.server}; Ctrl-C stops and cleans up", file=sys.stderr)
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
@@ -41,19 +45,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from signet.tools import commands
+    from signet.ops import commands
 
     return commands.status_command(args)
 
 
 def _renew(args: argparse.Namespace) -> int:
-    from signet.tools import commands
+    from signet.ops import commands
 
     return commands.renew_command(args)
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from signet.tools import commands
+    from signet.ops import commands
 
     return commands.inspect_command(args)
 
@@ -205,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip kube-controller-manager (no garbage collection or namespace deletion)",
     )
+    up.add_argument(
+        "--node",
+        action="store_true",
+        help="also run a real kubelet node (root, containerd and runc needed)",
+    )
     up.set_defaults(func=_cluster_up)
 
     run = commands.add_parser("run", help="run the operator")
@@ -214,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     # The ops commands' flags live in a light module; their work is imported on use.
-    from signet.tools import args as tool_args
+    from signet.ops import args as tool_args
 
     for name, help_text, add, func in (
         ("status", "Certificates and issuers at a glance", tool_args.add_status_arguments, _status),

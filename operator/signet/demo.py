@@ -212,7 +212,7 @@ def wait_ready(
 
 def summary(core: Any, api: Any, certificates: list[dict[str, Any]]) -> str:
     """What was issued, one block per Certificate, from the Secrets themselves."""
-    from signet.tools.inspection import describe_secret, render
+    from signet.ops.report import describe_secret, render
 
     now = datetime.datetime.now(datetime.UTC)
     blocks = []

@@ -31,7 +31,7 @@ from signet.pki import ssh as pki_ssh
 from signet.pki import x509 as pki_x509
 from signet.pki.chain import CaChain
 from signet.policy import spiffe_id
-from signet.secrets import layout
+from signet.secretformat import layout
 
 PEM = serialization.Encoding.PEM
 

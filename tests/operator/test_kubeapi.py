@@ -25,7 +25,7 @@ import kubernetes
 import pytest
 
 from signet.controller.kubeapi import ApiError, KubeApi, login_from_environment, open_session
-from signet.secrets import layout
+from signet.secretformat import layout
 from tests.faultproxy import FaultProxy
 from tests.kube import Kube, eventually
 

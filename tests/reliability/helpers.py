@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from signet.api.certificate import RENEW_ANNOTATION
-from signet.secrets import layout
+from signet.secretformat import layout
 from tests.kube import Kube, eventually
 from tests.operator.harness import (
     GROUP,

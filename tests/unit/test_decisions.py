@@ -18,8 +18,8 @@ from signet.decisions.certificate import (
     renewal_time,
     retry_delay,
 )
-from signet.secrets import layout
-from signet.secrets.inspect import SecretSummary
+from signet.secretformat import layout
+from signet.secretformat.summary import SecretSummary
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
 KEY = "projects/p-signet/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"

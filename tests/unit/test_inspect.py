@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from signet.secrets import layout
-from signet.secrets.inspect import summarize
+from signet.secretformat import layout
+from signet.secretformat.summary import summarize
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from signet.secrets import layout
-from signet.secrets.inspect import summarize
+from signet.secretformat import layout
+from signet.secretformat.summary import summarize
 from tests.unit.conftest import CERT, SECRET
 
 

@@ -44,8 +44,8 @@ from signet.observe.events import EventPoster
 from signet.observe.metrics import Metrics
 from signet.pki import kmskey
 from signet.reasons import Reason
-from signet.secrets import layout
-from signet.secrets.inspect import SecretSummary
+from signet.secretformat import layout
+from signet.secretformat.summary import SecretSummary
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 from signet.controller.status import condition, conditions_by_type, timestamp
 from signet.decisions.certificate import Decision, retry_delay
 from signet.reasons import Reason
-from signet.secrets import layout
-from signet.secrets.inspect import SecretSummary
+from signet.secretformat import layout
+from signet.secretformat.summary import SecretSummary
 
 Obj = dict[str, Any]
 

@@ -21,9 +21,9 @@ from signet.controller.unwritten import Unwritten
 from signet.controller.watchcache import WatchCache, secret_id
 from signet.observe.metrics import Metrics
 from signet.pki import keys
-from signet.secrets import layout
-from signet.secrets.body import secret_body
-from signet.secrets.inspect import SecretSummary
+from signet.secretformat import layout
+from signet.secretformat.body import secret_body
+from signet.secretformat.summary import SecretSummary
 
 logger = logging.getLogger(__name__)
 

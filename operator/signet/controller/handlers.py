@@ -19,7 +19,7 @@ from signet.api import GROUP, VERSION
 from signet.controller.kubeapi import login_from_environment, open_session
 from signet.controller.pacing import ListPacer
 from signet.controller.runtime import Config, Runtime
-from signet.secrets import layout
+from signet.secretformat import layout
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
 from signet.observe.metrics import Metrics
 from signet.schedule.queue import WorkQueue
-from signet.secrets import layout
+from signet.secretformat import layout
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from signet.decisions.certificate import renewal_time
 from signet.observe.audit import AuditLog
 from signet.pki import keys, kmskey
 from signet.reasons import Reason
-from signet.secrets.inspect import SecretSummary
+from signet.secretformat.summary import SecretSummary
 
 Obj = dict[str, Any]
 

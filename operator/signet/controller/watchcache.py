@@ -15,7 +15,7 @@ from typing import Generic, NewType, TypeVar
 
 from signet.api.certificate import CertificateSpec, parse_certificate_spec
 from signet.controller.kubeapi import Obj
-from signet.secrets.inspect import SecretSummary, summarize
+from signet.secretformat.summary import SecretSummary, summarize
 
 CertId = NewType("CertId", tuple[str, str])
 """(namespace, name) of a Certificate."""

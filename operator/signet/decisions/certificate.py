@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from signet.api.certificate import CertificateSpec
 from signet.reasons import Reason
-from signet.secrets import layout
-from signet.secrets.inspect import SecretSummary
+from signet.secretformat import layout
+from signet.secretformat.summary import SecretSummary
 
 JITTER_FRACTION = 0.05
 """Renewal moves earlier by up to this share of the lifetime, spread by UID, so a batch

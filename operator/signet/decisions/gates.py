@@ -16,8 +16,8 @@ from signet import policy
 from signet.api.certificate import CertificateSpec
 from signet.api.issuer import IssuerSpec
 from signet.reasons import Reason
-from signet.secrets import layout
-from signet.secrets.inspect import SecretSummary
+from signet.secretformat import layout
+from signet.secretformat.summary import SecretSummary
 
 
 class IssuerFacts(Protocol):

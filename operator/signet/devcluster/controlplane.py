@@ -191,11 +191,24 @@ class LocalControlPlane:
                 ],
             )
         if self.with_node:
+            self.start_node(timeout=max(deadline - time.monotonic(), 60.0))
+
+    def start_node(self, timeout: float = 120.0) -> LocalNode:
+        """Add the real kubelet node (once); tests call this lazily, so a session that runs
+        no pod pays nothing for it."""
+        if self.node is None:
+            assert self.workdir is not None and self._creds is not None, "not started"
             # Imported here: node.py builds on this module.
             from signet.devcluster.node import LocalNode
 
-            self.node = LocalNode(self.workdir / "node", self.bin_dir, self.server, creds)
-            self.node.start(time.monotonic() + 120)
+            self.node = LocalNode(self.workdir / "node", self.bin_dir, self.server, self._creds)
+            try:
+                self.node.start(time.monotonic() + timeout)
+            except BaseException:
+                self.node.stop()
+                self.node = None
+                raise
+        return self.node
 
     def _start_etcd(self, deadline: float) -> None:
         assert self.workdir is not None

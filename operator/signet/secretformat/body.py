@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from signet.api import GROUP, VERSION
-from signet.secrets import layout
+from signet.secretformat import layout
 
 Obj = dict[str, Any]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from signet.tools.kube import GROUP, VERSION, Cluster, api_error
+from signet.ops.kube import GROUP, VERSION, Cluster, api_error
 
 _KINDS = {"issuers": "Issuer", "clusterissuers": "ClusterIssuer"}
 

@@ -10,7 +10,7 @@ import yaml
 
 from tests.kube import Kube
 from tests.operator.harness import certificate_manifest, condition, wait_condition
-from tests.tools.cli import signet
+from tests.ops.cli import signet
 
 pytestmark = pytest.mark.cluster
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from kubernetes.client import ApiException
 
-from signet.tools import inspection
-from signet.tools.kube import Cluster, ToolError, api_error, connect
+from signet.ops import report
+from signet.ops.kube import Cluster, ToolError, api_error, connect
 
 
 def _fail(message: str) -> int:
@@ -27,7 +27,7 @@ def _connect(args: argparse.Namespace) -> Cluster:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from signet.tools.status import status
+    from signet.ops.status import status
 
     try:
         cluster = _connect(args)
@@ -40,7 +40,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def renew_command(args: argparse.Namespace) -> int:
-    from signet.tools.renew import renew
+    from signet.ops.renew import renew
 
     if bool(args.names) == bool(args.all):
         return _fail("name one or more Certificates, or pass --all")
@@ -73,8 +73,8 @@ def inspect_command(args: argparse.Namespace) -> int:
         if args.file is not None:
             content = _read(args.file)
             assert content is not None
-            details = inspection.describe_file(content, key=_read(args.key), ca=_read(args.ca))
-            print(inspection.render([("File", str(args.file)), *details.rows(now)]))
+            details = report.describe_file(content, key=_read(args.key), ca=_read(args.ca))
+            print(report.render([("File", str(args.file)), *details.rows(now)]))
             return 0
         cluster = _connect(args)
         namespace = args.namespace or cluster.default_namespace
@@ -84,8 +84,8 @@ def inspect_command(args: argparse.Namespace) -> int:
             if error.status == 404:
                 raise ToolError(f"Secret {namespace}/{args.secret} not found") from None
             raise api_error(error, f"Secret {namespace}/{args.secret}") from None
-        report = inspection.describe_secret(cluster.api.sanitize_for_serialization(secret))
-    except (ToolError, inspection.InspectError) as error:
+        described = report.describe_secret(cluster.api.sanitize_for_serialization(secret))
+    except (ToolError, report.InspectError) as error:
         return _fail(str(error))
-    print(inspection.render(report.rows(now)))
+    print(report.render(described.rows(now)))
     return 0

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from signet.pki import keys
 from signet.reasons import Reason
-from signet.secrets import layout
+from signet.secretformat import layout
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from signet.tools.renew import RENEW_ANNOTATION, stamp_after
+from signet.ops.renew import RENEW_ANNOTATION, stamp_after
 from tests.kube import Kube
 from tests.operator.harness import (
     certificate_manifest,
@@ -15,7 +15,7 @@ from tests.operator.harness import (
     get_certificate,
     wait_condition,
 )
-from tests.tools.cli import signet
+from tests.ops.cli import signet
 
 UTC = datetime.UTC
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from signet.pki import keys
-from signet.secrets import layout
+from signet.secretformat import layout
 
 Rows = list[tuple[str, str]]
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.kube import Kube
 from tests.operator.harness import certificate_manifest, secret_data, wait_condition
-from tests.tools.cli import field, signet
+from tests.ops.cli import field, signet
 
 pytestmark = pytest.mark.cluster
 
