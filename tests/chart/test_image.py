@@ -89,7 +89,7 @@ def test_build_stage_installs_a_working_signet_into_a_fresh_virtualenv(tmp_path:
     run_help = subprocess.run(
         [str(signet), "run", "--help"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
-    assert "--all-namespaces" in run_help and "--peering" in run_help
+    assert "--namespace" in run_help and "--peering" in run_help
 
     # Not an editable install, and nothing of the package was left behind.
     site = subprocess.run(

@@ -161,8 +161,6 @@ def test_default_deployment_is_one_standalone_restricted_replica() -> None:
     assert container["image"] == "signet:0.1.0"
     assert container["command"] == ["signet", "run"]
     assert container_args(manifests) == [
-        "--all-namespaces",
-        "--standalone",
         "--metrics-port=9402",
         "--health-port=8080",
         "--log-format=json",

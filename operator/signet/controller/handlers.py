@@ -13,7 +13,6 @@ import logging
 from typing import Any
 
 import kopf
-from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
 from signet.api import GROUP, VERSION
 from signet.controller.kubeapi import login_from_environment, open_session
@@ -25,29 +24,6 @@ logger = logging.getLogger(__name__)
 
 LIST_PAGE = 50
 """Objects per list request (kopf's ``chunk_size``), and the pacer's unit."""
-
-
-class EventOnlyMemories(ResourceMemories):
-    """kopf's per-object memory, handed out for each event but never kept.
-
-    kopf remembers every watched object (about 1 KiB each: a memo copy and the state of
-    error throttling, daemons, timers, indexes and resume handlers) until it is deleted.
-    Signet registers only ``on.event`` handlers, which use none of that, and watches a
-    Certificate and a Secret per identity: 20,000 memories for 10,000 Certificates, kept
-    for nothing. kopf's own admission path recalls memories the same ephemeral way.
-    """
-
-    async def recall(
-        self,
-        raw_body: kopf.RawBody,
-        *,
-        memobase: Any = None,
-        noticed_by_listing: bool = False,
-        ephemeral: bool = False,
-    ) -> ResourceMemory:
-        return await super().recall(
-            raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing, ephemeral=True
-        )
 
 
 def _runtime(memo: kopf.Memo) -> Runtime:

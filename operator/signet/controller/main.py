@@ -14,21 +14,27 @@ import secrets
 import sys
 from pathlib import Path
 
+from signet.kms.cloudkms import EMULATOR_ENV
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    scope = parser.add_mutually_exclusive_group()
-    scope.add_argument(
-        "--all-namespaces", "-A", action="store_true", help="watch every namespace (default)"
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only these namespaces (default: all)",
     )
-    scope.add_argument(
-        "--namespace", "-n", action="append", default=[], help="watch only these namespaces"
+    parser.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="kopf peering name: standbys wait while one acts (default: no peering)",
     )
-    peering = parser.add_mutually_exclusive_group()
-    peering.add_argument(
-        "--standalone", action="store_true", default=True, help="no peering (default)"
-    )
-    peering.add_argument(
-        "--peering", metavar="NAME", help="kopf peering name: standbys wait while one acts"
+    parser.add_argument(
+        "--operator-namespace",
+        default=os.environ.get("SIGNET_NAMESPACE", "signet-system"),
+        help="where Events about cluster-scoped objects go and ClusterIssuers' CA Secrets "
+        "live ($SIGNET_NAMESPACE, set by the chart from the pod's namespace)",
     )
     parser.add_argument(
         "--kubeconfig",
@@ -37,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--kms-emulator",
-        default=os.environ.get("SIGNET_KMS_EMULATOR"),
+        default=os.environ.get(EMULATOR_ENV),
         metavar="HOST:PORT",
         help="talk to the Signet KMS emulator instead of Cloud KMS ($SIGNET_KMS_EMULATOR)",
     )
@@ -79,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     # Importing registers the handlers with kopf's default registry.
-    from signet.controller import handlers
+    from signet.controller import handlers, kopf_adapter
     from signet.controller.pacing import ListPacer
     from signet.controller.runtime import Config
 
@@ -93,11 +99,14 @@ def run(args: argparse.Namespace) -> int:
         workers=args.max_concurrent_issuances,
         kms_deadline=args.kms_deadline,
         peering=args.peering,
+        operator_namespace=args.operator_namespace,
         # kopf pauses every replica on a priority tie; a random one makes exactly one active.
         peering_priority=secrets.randbelow(2**31) + 1 if args.peering else 0,
     )
     if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
+        # kopf's login reads the kubeconfig from $KUBECONFIG and nowhere else; Signet's own
+        # client logs in through the same functions, so this one variable serves both.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
@@ -116,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         if args.health_port
         else None,
         memo=kopf.Memo(config=config, pacer=ListPacer(handlers.LIST_PAGE)),
-        memories=handlers.EventOnlyMemories(),
+        **kopf_adapter.run_options(),
     )
     return 0
 

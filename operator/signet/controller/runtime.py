@@ -11,7 +11,6 @@ import asyncio
 import concurrent.futures
 import ctypes
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +60,7 @@ class Config:
     peering_priority: int = 0
     workers: int = 32
     api_connections: int = 16
-    operator_namespace: str = field(
-        default_factory=lambda: os.environ.get("SIGNET_NAMESPACE", "signet-system")
-    )
+    operator_namespace: str = "signet-system"
 
 
 class Runtime:

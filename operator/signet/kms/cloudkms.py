@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import re
 import time
@@ -171,26 +170,20 @@ def _error_from_rpc(
 # -- client factory --------------------------------------------------------------------
 
 
-def emulator_address(explicit: str | None = None) -> str | None:
-    """The emulator to use: ``explicit`` if given (``""`` forces real KMS), else env."""
-    if explicit is not None:
-        return explicit or None
-    return os.environ.get(EMULATOR_ENV) or None
-
-
 def create_client(
     emulator: str | None = None, *, user_agent: str = USER_AGENT
 ) -> KeyManagementServiceAsyncClient:
     """An async KMS client for the running event loop.
 
-    With an emulator address (argument or ``SIGNET_KMS_EMULATOR``) it dials an insecure
+    With an emulator address (``signet run`` takes it from ``SIGNET_KMS_EMULATOR``, read
+    once at startup, never here) it dials an insecure
     ``grpc.aio`` channel and sends no credentials; otherwise it uses Application Default
     Credentials against ``cloudkms.googleapis.com``. Must be called from the loop that will
     use it. Close with :func:`close_client`.
     """
     asyncio.get_running_loop()  # fail here, not on the first RPC, when misused
     info = ClientInfo(user_agent=user_agent)  # type: ignore[no-untyped-call]
-    address = emulator_address(emulator)
+    address = emulator or None
     if address is None:
         return KeyManagementServiceAsyncClient(client_info=info)
     channel = grpc.aio.insecure_channel(address, options=[("grpc.primary_user_agent", user_agent)])
