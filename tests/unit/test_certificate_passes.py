@@ -15,13 +15,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 
 from signet.controller.certificates import CertificateController
 from signet.controller.issuers import IssuerController
 from signet.controller.trust import TrustPublisher
 from signet.kms.cloudkms import SignLimiter, close_client, create_client
-from signet.kms.emulator import Counters, EmulatorServer
+from signet.kms.emulator import Counters, EmulatorServer, Faults
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
 from signet.observe.metrics import Metrics
@@ -33,6 +34,7 @@ T = TypeVar("T")
 NS = "team-a"
 CERT = (NS, "web")
 ISSUER = ("Issuer", NS, "ca")
+CLUSTER_ISSUER = ("ClusterIssuer", "", "ca")
 START = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
 
 
@@ -71,11 +73,14 @@ class Bed:
         )
 
     async def _labels(self, namespace: str) -> dict[str, str] | None:
-        return {}
+        return self.labels
 
-    async def issuer(self, key_version: str, **spec: Any) -> None:
-        self.api.put("Issuer", issuer_manifest("ca", key_version, namespace=NS, **spec))
-        await self.issuers.reconcile(ISSUER)
+    labels: dict[str, str] = {}
+
+    async def issuer(self, key_version: str, *, cluster: bool = False, **spec: Any) -> None:
+        kind, namespace = ("ClusterIssuer", None) if cluster else ("Issuer", NS)
+        self.api.put(kind, issuer_manifest("ca", key_version, namespace=namespace, **spec))
+        await self.issuers.reconcile(CLUSTER_ISSUER if cluster else ISSUER)
         await self.events.drain()
 
     def certificate(self, **spec: Any) -> None:
@@ -413,3 +418,175 @@ def test_a_ca_bootstrap_is_signed_once_even_when_its_status_write_fails(
 
     bed(scenario)
     assert _signs(kms_counters, key) == 1
+
+
+def _ready_pass(bed: Bed) -> Any:
+    """A first issuance; returns the status it left."""
+
+    async def issue() -> dict[str, Any]:
+        bed.certificate()
+        await bed.reconcile()
+        assert bed.ready() == ("True", "Ready")
+        return bed.status()
+
+    return issue()
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        ({"metadata": {"name": "web-identity", "namespace": NS}}, "SecretNotManaged"),
+        (
+            {
+                "metadata": {
+                    "name": "web-identity",
+                    "namespace": NS,
+                    "labels": {"app.kubernetes.io/managed-by": "signet"},
+                    "annotations": {"signet.dev/certificate-name": "other"},
+                },
+                "type": "kubernetes.io/tls",
+            },
+            "SecretInUse",
+        ),
+    ],
+    ids=["foreign", "another-certificates"],
+)
+def test_a_secret_that_is_not_ours_to_write_is_refused_without_a_signature(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters, secret: Any, reason: str
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.api.put("Secret", secret)
+        bed.watch("Secret")
+        bed.certificate()
+        await bed.reconcile()
+        assert bed.ready() == ("False", reason)
+        assert [m for m, _ in bed.api.writes()] == ["patch_status", "create_event"]
+        assert [ident for ident, _ in bed.scheduled if ident == CERT] == []  # waits for a change
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 1  # the CA bootstrap only
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ({"x509": {"dnsNames": ["payments.billing.svc"]}}, "DNSNameNotAllowed"),
+        ({"x509": {"dnsNames": [f"*.{NS}.svc"]}}, "WildcardNotAllowed"),
+        ({"duration": "9000h"}, "DurationTooLong"),
+        ({"duration": "forever"}, "InvalidDuration"),
+    ],
+)
+def test_refusals_are_permanent_and_cost_no_signature(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters, spec: Any, reason: str
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.certificate(**spec)
+        await bed.reconcile()
+        assert bed.ready() == ("False", reason)
+        assert [ident for ident, _ in bed.scheduled if ident == CERT] == []
+        assert bed.watch() == CERT  # its own status comes back: looked at, nothing written
+        await bed.reconcile()
+        assert bed.api.writes() == []
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 1
+
+
+def test_a_cluster_issuer_serves_only_selected_namespaces_and_wakes_on_a_label(
+    bed: Any, kms_key_factory: KeyFactory
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key, cluster=True, namespaceSelector={"matchLabels": {"pki": "on"}})
+        bed.api.put(
+            "Certificate",
+            certificate_manifest(
+                "web", NS, "ca", issuerRef={"name": "ca", "kind": "ClusterIssuer"}
+            ),
+        )
+        assert bed.watch() == CERT
+        await bed.reconcile()
+        assert bed.ready() == ("False", "NamespaceNotAllowed")
+        bed.labels = {"pki": "on"}
+        bed.scheduled.clear()
+        bed.certificates.on_namespace_change(NS)
+        assert bed.next_look() == 0
+        await bed.reconcile()
+        assert bed.ready() == ("True", "Ready")
+
+    bed(scenario)
+
+
+def test_kms_unavailable_backs_off_and_records_no_delivery(
+    bed: Any, kms_key_factory: KeyFactory, kms_faults: Faults
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        kms_faults.fail_next(20, grpc.StatusCode.UNAVAILABLE)
+        bed.certificate()
+        await bed.reconcile()
+        assert bed.ready()[1] in ("KMSUnavailable", "KMSQuotaExceeded")
+        assert bed.next_look() == pytest.approx(2)
+        assert bed.deliveries() == []
+        assert [m for m, _ in bed.api.writes()] == ["patch_status", "create_event"]
+
+    bed(scenario)
+
+
+def test_drifted_metadata_is_repaired_without_a_signature(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.certificate(secretTemplate={"labels": {"team": "a"}})
+        await bed.reconcile()
+        secret = bed.secret()
+        del secret["metadata"]["labels"]["team"]
+        secret["metadata"]["resourceVersion"] = "9999"
+        bed.watch("Secret")
+        await bed.reconcile()
+        assert [m for m, _ in bed.api.writes()] == ["patch_secret", "create_event"]
+        assert bed.secret()["metadata"]["labels"]["team"] == "a"
+        assert bed.api.events[-1]["reason"] == "SecretRepaired"
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2
+
+
+def test_renewal_time_reissues_once_with_the_next_revision(
+    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+) -> None:
+    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        bed.certificate(duration="1h")
+        await bed.reconcile()
+        first = bed.status()
+        assert bed.watch() is None  # up to date: settled from the caches, no pass
+        renewal = datetime.datetime.fromisoformat(first["renewalTime"].replace("Z", "+00:00"))
+        bed.now = renewal + datetime.timedelta(seconds=1)
+        await bed.reconcile()
+        assert [m for m, _ in bed.api.writes()] == [
+            "replace_secret",
+            "patch_status",
+            "create_event",
+        ]
+        assert bed.status()["revision"] == 2
+        assert bed.status()["serialNumber"] != first["serialNumber"]
+        (issuing,) = [c for c in bed.status()["conditions"] if c["type"] == "Issuing"]
+        assert "Renewing" in issuing["message"]
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 3
