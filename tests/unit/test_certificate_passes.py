@@ -21,7 +21,7 @@ import pytest
 from signet.controller.certificates import CertificateController
 from signet.controller.issuers import IssuerController
 from signet.controller.trust import TrustPublisher
-from signet.kms.cloudkms import SignLimiter, close_client, create_client
+from signet.kms.cloudkms import RetryPolicy, SignLimiter, close_client, create_client
 from signet.kms.emulator import Counters, EmulatorServer, Faults
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
@@ -59,6 +59,7 @@ class Bed:
             operator_namespace="signet-system",
             on_change=self.changed.append,
             schedule=lambda ident, delay: self.scheduled.append((ident, delay)),
+            retry=RetryPolicy(deadline=1.0, attempt_timeout=1.0),
         )
         self.certificates = CertificateController(
             self.api,  # type: ignore[arg-type]
