@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from signet.api.certificate import CertificateSpec
 from signet.api.issuer import IssuerSpec
+from signet.api.times import timestamp
 from signet.kms.signer import KmsPublicKey, Signer
 from signet.pki import keys, kmskey
 from signet.pki import ssh as pki_ssh
@@ -82,10 +83,6 @@ class Issued:
     signature: str
     """The audit id of the signature record."""
     spiffe_id: str | None = None
-
-
-def _timestamp(value: datetime.datetime) -> str:
-    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def _leaf_key(
@@ -178,8 +175,8 @@ async def _issue_x509(
         record,
         {
             "serialNumber": serial,
-            "notBefore": _timestamp(not_before),
-            "notAfter": _timestamp(not_after),
+            "notBefore": timestamp(not_before),
+            "notAfter": timestamp(not_after),
             "publicKeyFingerprint": fingerprint,
             "spiffeID": svid,
             "subject": request.subject().rfc4514_string(),
@@ -191,8 +188,8 @@ async def _issue_x509(
     )
     annotations = {
         layout.SERIAL: serial,
-        layout.NOT_BEFORE: _timestamp(leaf.not_valid_before_utc),
-        layout.NOT_AFTER: _timestamp(leaf.not_valid_after_utc),
+        layout.NOT_BEFORE: timestamp(leaf.not_valid_before_utc),
+        layout.NOT_AFTER: timestamp(leaf.not_valid_after_utc),
         layout.COMMON_NAME: request_spec.common_name or "",
         layout.ALT_NAMES: ",".join(request_spec.dns_names),
         layout.IP_SANS: ",".join(request_spec.ip_addresses),
@@ -251,8 +248,8 @@ async def _issue_ssh(
         record,
         {
             "serialNumber": serial,
-            "notBefore": _timestamp(not_before),
-            "notAfter": _timestamp(not_after),
+            "notBefore": timestamp(not_before),
+            "notAfter": timestamp(not_after),
             "publicKeyFingerprint": fingerprint,
             "sshType": request.cert_type,
             "keyId": request.key_id,
@@ -273,8 +270,8 @@ async def _issue_ssh(
         },
         annotations={
             layout.SERIAL: serial,
-            layout.NOT_BEFORE: _timestamp(not_before),
-            layout.NOT_AFTER: _timestamp(not_after),
+            layout.NOT_BEFORE: timestamp(not_before),
+            layout.NOT_AFTER: timestamp(not_after),
             layout.SSH_PRINCIPALS: ",".join(request.principals),
             layout.SSH_KEY_ID: request.key_id,
         },

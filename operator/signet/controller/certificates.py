@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from signet import issuance
 from signet.api import SpecError
 from signet.api.certificate import RENEW_ANNOTATION, CertificateSpec
+from signet.api.times import timestamp_or_none
 from signet.controller import certstatus
 from signet.controller import status as st
 from signet.controller.certstatus import Failure, generation_of
@@ -234,7 +235,7 @@ class CertificateController:
                     "Certificate %s/%s: could not be read (%s); next look at %s",
                     *ident,
                     error,
-                    st.timestamp(failure.next_retry),
+                    timestamp_or_none(failure.next_retry),
                 )
                 return
             if body is None:
@@ -371,7 +372,7 @@ class CertificateController:
             type="Normal",
             reason=Reason.ISSUED,
             message=f"issued serial {signed.issued.serial} ({decision.reason}: "
-            f"{decision.message}), valid until {st.timestamp(signed.issued.not_after)}",
+            f"{decision.message}), valid until {timestamp_or_none(signed.issued.not_after)}",
         )
         self._schedule(ident, (due - self._clock()).total_seconds())
 

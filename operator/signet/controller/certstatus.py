@@ -13,7 +13,8 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-from signet.controller.status import condition, conditions_by_type, timestamp
+from signet.api.times import timestamp, timestamp_or_none
+from signet.controller.status import condition, conditions_by_type
 from signet.decisions.certificate import Decision, retry_delay
 from signet.reasons import Reason
 from signet.secretformat import layout
@@ -74,7 +75,7 @@ def ready_status(
             "Ready",
             "True",
             Reason.READY,
-            f"certificate is up to date and valid until {timestamp(summary.not_after)}",
+            f"certificate is up to date and valid until {timestamp_or_none(summary.not_after)}",
             generation=generation,
             previous=previous.get("Ready"),
             now=now,
@@ -107,9 +108,9 @@ def ready_status(
         conditions.append(kept)
     return {
         "conditions": conditions,
-        "notBefore": timestamp(summary.not_before),
-        "notAfter": timestamp(summary.not_after),
-        "renewalTime": timestamp(renewal),
+        "notBefore": timestamp_or_none(summary.not_before),
+        "notAfter": timestamp_or_none(summary.not_after),
+        "renewalTime": timestamp_or_none(renewal),
         "serialNumber": summary.serial,
         "revision": revision
         if revision is not None
@@ -138,8 +139,8 @@ def failed_status(
     issuing = None
     if failure is not None:
         desired["failedIssuanceAttempts"] = failure.attempts
-        desired["lastFailureTime"] = timestamp(now)
-        desired["nextRetryTime"] = timestamp(failure.next_retry)
+        desired["lastFailureTime"] = timestamp_or_none(now)
+        desired["nextRetryTime"] = timestamp_or_none(failure.next_retry)
         issuing = condition(
             "Issuing",
             "True",
@@ -184,5 +185,5 @@ def still_valid_note(
         and summary.not_after
         and summary.not_after > now
     ):
-        return f"; the current certificate stays valid until {timestamp(summary.not_after)}"
+        return f"; the current certificate stays valid until {timestamp_or_none(summary.not_after)}"
     return ""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from signet import issuance
 from signet.api import GROUP
 from signet.api.certificate import CertificateSpec
-from signet.controller import status as st
+from signet.api.times import timestamp_or_none
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.controller.unwritten import Unwritten
 from signet.controller.watchcache import WatchCache, secret_id
@@ -91,7 +91,7 @@ class SecretWriter:
                 layout.KEY_VERSION: material.kms_key.key_version,
                 layout.SPEC_HASH: spec.content_hash(),
                 layout.REVISION: str(signed.revision),
-                layout.ISSUED_AT: st.timestamp(self._clock()) or "",
+                layout.ISSUED_AT: timestamp_or_none(self._clock()) or "",
             },
             resource_version=summary.resource_version if summary else None,
         )

@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from signet.api import SpecError
 from signet.api.issuer import IssuerSpec, parse_issuer_spec
+from signet.api.times import timestamp_or_none
 from signet.controller import status as st
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.decisions.certificate import retry_delay
@@ -300,8 +301,8 @@ class IssuerController:
             "keyAlgorithm": kms_key.algorithm,
             "serialNumber": format(serial, "x"),
             "subject": subject.rfc4514_string(),
-            "notBefore": st.timestamp(now - pki_x509.BACKDATE),
-            "notAfter": st.timestamp(now + self_signed.duration),
+            "notBefore": timestamp_or_none(now - pki_x509.BACKDATE),
+            "notAfter": timestamp_or_none(now + self_signed.duration),
         }
         certificate = await kmskey.sign_in_thread(
             signer,
@@ -348,7 +349,7 @@ class IssuerController:
                     c.public_bytes(pem) for c in material.chain.certificates
                 ).decode()
                 desired["caFingerprint"] = ca.fingerprint(hashes.SHA256()).hex()
-                desired["caNotAfter"] = st.timestamp(ca.not_valid_after_utc)
+                desired["caNotAfter"] = timestamp_or_none(ca.not_valid_after_utc)
             if material.ssh_ca_line is not None:
                 desired["sshCAPublicKey"] = material.ssh_ca_line
                 desired["sshCAFingerprint"] = keys.openssh_fingerprint(material.kms_key.public_key)

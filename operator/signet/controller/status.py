@@ -10,13 +10,9 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
+from signet.api.times import timestamp_or_none
+
 Obj = dict[str, Any]
-
-
-def timestamp(value: datetime.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def condition(
@@ -33,7 +29,7 @@ def condition(
     if previous and previous.get("status") == status and previous.get("lastTransitionTime"):
         transition = previous["lastTransitionTime"]
     else:
-        transition = timestamp(now)
+        transition = timestamp_or_none(now)
     result: Obj = {
         "type": type_,
         "status": status,

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from signet.api.times import timestamp
+
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1024
@@ -87,10 +89,6 @@ def _key(involved: Involved, type: str, reason: str, message: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def _timestamp(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class EventPoster:
     def __init__(
         self,
@@ -133,7 +131,7 @@ class EventPoster:
         )
         message = message[:MAX_MESSAGE]
         key = _key(involved, type, reason, message)
-        at = _timestamp(self._clock())
+        at = timestamp(datetime.datetime.fromtimestamp(self._clock(), datetime.UTC))
         waiting = self._queued.get(key)
         if waiting is not None:  # the same Event is still queued: it now says "twice"
             waiting.count += 1

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
+from signet.api.times import timestamp
 from signet.pki import keys
 from signet.secretformat import layout
 
@@ -56,10 +57,6 @@ class InspectError(ValueError):
     """The input is not something Signet issues; the message never quotes the input."""
 
 
-def _utc(value: datetime.datetime) -> str:
-    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _span(delta: datetime.timedelta) -> str:
     seconds = int(abs(delta.total_seconds()))
     days, rest = divmod(seconds, 86400)
@@ -77,7 +74,7 @@ def validity(
 ) -> str:
     """``from .. to .. (lifetime, expires in ..)``: the one line people actually read."""
     if not_after is None:
-        return f"from {_utc(not_before)}, never expires"
+        return f"from {timestamp(not_before)}, never expires"
     state = (
         f"not valid yet, starts in {_span(not_before - now)}"
         if now < not_before
@@ -85,7 +82,8 @@ def validity(
         if now < not_after
         else f"EXPIRED {_span(now - not_after)} ago"
     )
-    return f"{_utc(not_before)} to {_utc(not_after)} ({_span(not_after - not_before)}, {state})"
+    span = _span(not_after - not_before)
+    return f"{timestamp(not_before)} to {timestamp(not_after)} ({span}, {state})"
 
 
 def key_algorithm(public_key: PublicKeyTypes) -> str:
