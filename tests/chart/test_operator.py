@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import pytest
 
+from signet.api import GROUP, VERSION
 from signet.controller.trust import configmap_name
 from signet.devcluster.controlplane import free_port
 from signet.kms.emulator import EmulatorServer
@@ -29,7 +30,7 @@ from tests.kube import Kube, eventually
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION = "signet.dev", "v1alpha1"
+GROUP, VERSION = GROUP, VERSION
 
 
 def _ready(kube: Kube, plural: str, namespace: str, name: str) -> dict[str, Any] | None:

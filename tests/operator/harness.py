@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from signet.api import GROUP, VERSION
 from signet.devcluster.controlplane import free_port
 from tests.kube import Kube, eventually
-
-GROUP, VERSION = "signet.dev", "v1alpha1"
 
 
 @dataclass

@@ -12,6 +12,7 @@ import pytest
 from google.cloud import kms_v1
 from google.protobuf import field_mask_pb2
 
+from signet.api import GROUP, VERSION
 from signet.kms.emulator import Counters, Faults
 from tests.kube import Kube, eventually, wait_event
 from tests.operator.harness import (
@@ -175,9 +176,7 @@ def test_issuer_with_garbage_ca_chain_is_not_ready(
     )
 
     def not_ready() -> dict[str, Any] | None:
-        obj = crds.custom.get_namespaced_custom_object(
-            "signet.dev", "v1alpha1", namespace, "issuers", "bad"
-        )
+        obj = crds.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "issuers", "bad")
         ready = condition(obj, "Ready")
         return ready if ready.get("reason") == "CASecretInvalid" else None
 
@@ -206,9 +205,7 @@ def test_two_certificates_naming_one_secret(
         == refused["metadata"]["resourceVersion"]
     )
     # once the owner goes away (and its Secret with it), the second one takes over
-    crds.custom.delete_namespaced_custom_object(
-        "signet.dev", "v1alpha1", namespace, "certificates", "first"
-    )
+    crds.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "certificates", "first")
     wait_condition(crds, namespace, "second", timeout=40)
 
 

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from signet.api import GROUP, VERSION
 from signet.kms.emulator import Counters
 from tests.kube import Kube, eventually, wait_event
 from tests.operator.harness import (
@@ -176,9 +177,7 @@ def test_certificate_deletion_garbage_collects_its_secret(
     crds: Kube, namespace: str, issuer: dict[str, Any], make_issuer: Callable[..., dict[str, Any]]
 ) -> None:
     _issued(crds, namespace, "gone")
-    crds.custom.delete_namespaced_custom_object(
-        "signet.dev", "v1alpha1", namespace, "certificates", "gone"
-    )
+    crds.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "certificates", "gone")
     eventually(
         lambda: (
             "gone-identity"

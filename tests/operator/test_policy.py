@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from signet.api import GROUP, VERSION
 from tests.kube import Kube, wait_event
 from tests.operator.harness import (
     certificate_manifest,
@@ -147,4 +148,4 @@ def test_cluster_issuer_namespace_selector_and_policy(
         bundle = crds.core.read_namespaced_config_map(f"signet-clusterissuer-{name}-ca", namespace)
         assert "BEGIN CERTIFICATE" in bundle.data["ca.crt"]
     finally:
-        crds.custom.delete_cluster_custom_object("signet.dev", "v1alpha1", "clusterissuers", name)
+        crds.custom.delete_cluster_custom_object(GROUP, VERSION, "clusterissuers", name)

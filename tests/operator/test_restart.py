@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from signet.api import GROUP, VERSION
 from signet.kms.emulator import Counters
 from tests.kube import Kube, eventually
 from tests.operator.harness import OperatorProcess, certificate_manifest, wait_condition
@@ -19,9 +20,7 @@ def _versions(kube: Kube, namespace: str) -> dict[str, str]:
         f"secret/{s.metadata.name}": s.metadata.resource_version
         for s in kube.core.list_namespaced_secret(namespace).items
     }
-    certs = kube.custom.list_namespaced_custom_object(
-        "signet.dev", "v1alpha1", namespace, "certificates"
-    )
+    certs = kube.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "certificates")
     return {
         **secrets,
         **{

@@ -14,12 +14,13 @@ from typing import Any
 import kubernetes
 import pytest
 
+from signet.api import GROUP, VERSION
 from signet.devcluster import LocalControlPlane
 from tests.kube import ROOT, Kube, eventually
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION = "signet.dev", "v1alpha1"
+GROUP, VERSION = GROUP, VERSION
 
 
 def _issuer(name: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from typing import Any
 
 import kubernetes
 
-GROUP, VERSION = "signet.dev", "v1alpha1"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 

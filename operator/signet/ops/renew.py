@@ -17,8 +17,9 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
+from signet.api import GROUP, VERSION
 from signet.api.certificate import RENEW_ANNOTATION
-from signet.ops.kube import GROUP, VERSION, Cluster, ToolError, api_error
+from signet.ops.kube import Cluster, ToolError, api_error
 from signet.secretformat import layout
 
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"

@@ -13,7 +13,8 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from signet.ops.kube import GROUP, VERSION, Cluster, api_error
+from signet.api import GROUP, VERSION
+from signet.ops.kube import Cluster, api_error
 
 _KINDS = {"issuers": "Issuer", "clusterissuers": "ClusterIssuer"}
 
