@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## tools: build kube-apiserver, etcd, kube-controller-manager, kubectl and helm into .tools/bin
+## tools: build kube-apiserver, etcd, kube-controller-manager, kubectl, kubelet, helm and the
+## node's workload binary (tools/workload) into .tools/bin
 tools:
 	@tools/build-tools.sh
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Go tools the test bed needs into .tools/bin, once per pinned version.
+# Builds the Go tools the test bed needs into .tools/bin (control plane, kubelet, helm and
+# the node's workload binary), once per pinned version.
 #
 # Each wrapper module under tools/go pins one upstream release; its go.mod/go.sum hash is
 # the stamp, so a warm machine skips a build whose pins have not changed.
@@ -40,4 +41,13 @@ build etcd etcd go.etcd.io/etcd/server/v3
 build kubernetes kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
 build kubernetes kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
 build kubernetes kubectl k8s.io/kubernetes/cmd/kubectl "$k8s_ldflags"
+build kubernetes kubelet k8s.io/kubernetes/cmd/kubelet "$k8s_ldflags"
 build helm helm helm.sh/helm/v3/cmd/helm "-s -w -X helm.sh/helm/v3/internal/version.version=v3.22.0"
+
+# The node's workload (and sandbox) image binary: our own source, so the stamp covers it.
+workload_stamp="$stamps/signet-workload-$(cat "$root"/tools/workload/go.mod "$root"/tools/workload/*.go | sha256sum | cut -c1-16)"
+if [[ ! -x "$bin/signet-workload" || ! -f "$workload_stamp" ]]; then
+  (cd "$root/tools/workload" && go build -ldflags "-s -w" -o "$bin/signet-workload" .)
+  rm -f "$stamps/signet-workload-"*
+  touch "$workload_stamp"
+fi

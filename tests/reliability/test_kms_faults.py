@@ -112,6 +112,7 @@ def test_kms_outage_mid_batch(
         timeout=outage_s,
         where=lambda obj: _failing(obj, "KMSUnavailable"),
     )
+    print(f"\nDIAG failing seen at +{time.monotonic() - outage_start:.1f}s", flush=True)
     for name in renewed:
         assert (
             "the current certificate stays valid until"
@@ -128,6 +129,9 @@ def test_kms_outage_mid_batch(
             if status.get("nextRetryTime"):
                 max_attempts = max(max_attempts, int(status["failedIssuanceAttempts"]))
                 gaps.append(retry_gap(certs[name]))
+        print(
+            f"DIAG +{time.monotonic() - outage_start:.1f}s max_attempts={max_attempts}", flush=True
+        )
         time.sleep(1)
     assert kms_counters.count("AsymmetricSign", key_version, "OK") == signs_before
     assert kms_counters.count("AsymmetricSign", key_version, "UNAVAILABLE") > 0

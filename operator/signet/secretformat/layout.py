@@ -21,7 +21,6 @@ SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 """Server-side label selector of the Secret watch: Signet never sees other Secrets."""
 
 CERTIFICATE_NAME = PREFIX + "certificate-name"
-CERTIFICATE_UID = PREFIX + "certificate-uid"
 ISSUER_NAME = PREFIX + "issuer-name"
 ISSUER_KIND = PREFIX + "issuer-kind"
 ISSUER_GROUP = PREFIX + "issuer-group"
