@@ -26,6 +26,8 @@ class Kind(enum.Enum):
 
 
 class Reason(enum.StrEnum):
+    """Every condition, Event and metric reason Signet uses."""
+
     # -- triggers: why a signature is spent (cert-manager's issuing reasons) ----------------
     DOES_NOT_EXIST = "DoesNotExist"
     MISSING_DATA = "MissingData"

@@ -58,6 +58,8 @@ issued-at asks for a new certificate (cert-manager's `cmctl renew`, as an annota
 
 @dataclass(frozen=True)
 class IssuerRef:
+    """The issuer a Certificate asks for; namespaced Issuers only in its own namespace."""
+
     name: str
     kind: str = "Issuer"
 
@@ -68,6 +70,8 @@ class IssuerRef:
 
 @dataclass(frozen=True)
 class PrivateKeySpec:
+    """The leaf key Signet generates; ``Never`` rotation keeps a fitting key across renewals."""
+
     algorithm: str = "ECDSA"
     size: int | None = 256
     rotation_policy: str = "Always"
@@ -75,6 +79,8 @@ class PrivateKeySpec:
 
 @dataclass(frozen=True)
 class Subject:
+    """Distinguished-name attributes beyond the common name (cert-manager's ``subject``)."""
+
     organizations: tuple[str, ...] = ()
     organizational_units: tuple[str, ...] = ()
     countries: tuple[str, ...] = ()
@@ -84,6 +90,8 @@ class Subject:
 
 @dataclass(frozen=True)
 class X509Spec:
+    """What an X.509 certificate names; every name is checked against the issuer's policy."""
+
     common_name: str | None = None
     subject: Subject = field(default_factory=Subject)
     dns_names: tuple[str, ...] = ()
@@ -96,6 +104,8 @@ class X509Spec:
 
 @dataclass(frozen=True)
 class SSHSpec:
+    """An OpenSSH user or host certificate; options and extensions are policy-governed."""
+
     cert_type: str
     principals: tuple[str, ...]
     key_id: str | None = None
@@ -106,6 +116,8 @@ class SSHSpec:
 
 @dataclass(frozen=True)
 class CertificateSpec:
+    """A Certificate's spec, validated; its content hash on the Secret detects spec changes."""
+
     issuer_ref: IssuerRef
     secret_name: str
     duration: datetime.timedelta

@@ -56,6 +56,8 @@ class Policy:
 
 @dataclass(frozen=True)
 class CASecretRef:
+    """A user-supplied CA chain whose leaf is the KMS key's certificate."""
+
     name: str
     key: str = "ca.crt"
     namespace: str | None = None
@@ -63,6 +65,8 @@ class CASecretRef:
 
 @dataclass(frozen=True)
 class SelfSignedCA:
+    """A root CA certificate bootstrapped by the KMS key signing itself."""
+
     common_name: str
     organization: str | None
     duration: datetime.timedelta
@@ -70,6 +74,8 @@ class SelfSignedCA:
 
 @dataclass(frozen=True)
 class IssuerSpec:
+    """An Issuer or ClusterIssuer: the KMS key, the CA, the policy and what it issues."""
+
     kind: str
     name: str
     namespace: str | None

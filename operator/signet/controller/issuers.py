@@ -71,6 +71,9 @@ def issuer_id(body: Obj) -> IssuerId:
 
 
 class IssuerController:
+    """Resolves Issuers and ClusterIssuers into signing material once per change, and wakes
+    their Certificates when that material changes."""
+
     def __init__(
         self,
         api: KubeApi,

@@ -38,6 +38,9 @@ def is_leader(status: dict[str, Any], priority: int, now: datetime.datetime) -> 
 
 
 class LeaderGate:
+    """Whether this replica may act: always without peering, else while kopf's peering says
+    no higher-priority peer is alive."""
+
     def __init__(
         self, api: KubeApi, peering: str | None, namespace: str | None, priority: int
     ) -> None:

@@ -38,6 +38,9 @@ def list_scope(url: URL) -> Scope | None:
 
 
 class ListPacer:
+    """Holds kopf's next list page until the handlers took the last one, so a restart never
+    parses a whole listing at once."""
+
     def __init__(self, page: int, patience: float = 2.0) -> None:
         self.page = page
         self.patience = patience

@@ -64,6 +64,8 @@ class Config:
 
 
 class Runtime:
+    """The operator's moving parts, wired once at startup and torn down at cleanup."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.namespace_labels: dict[str, dict[str, str]] = {}

@@ -51,6 +51,9 @@ def _digest(data: dict[str, str]) -> str:
 
 
 class TrustPublisher:
+    """Writes each issuer's trust bundle into the namespaces that use it, once per namespace
+    and CA, with concurrent publishers of a namespace waiting for the first."""
+
     def __init__(self, api: KubeApi) -> None:
         self._api = api
         self._published: dict[tuple[IssuerId, str], str] = {}

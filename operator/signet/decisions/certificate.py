@@ -27,6 +27,8 @@ RETRY_CAP = datetime.timedelta(minutes=5)
 
 
 class Action(enum.Enum):
+    """What a pass does next."""
+
     NOTHING = "nothing"
     ISSUE = "issue"
     REPAIR_METADATA = "repair-metadata"
@@ -35,6 +37,8 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
+    """The next step for a Certificate, and the reason an SRE reads in its conditions."""
+
     action: Action
     reason: Reason
     message: str

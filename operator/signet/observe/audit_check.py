@@ -59,6 +59,8 @@ class Location:
 
 
 class Line(NamedTuple):
+    """A line of an audit file, with where it came from for the report."""
+
     location: Location
     text: str
 
@@ -182,6 +184,8 @@ class ChainStart:
 
 @dataclass
 class VerifyResult:
+    """What `verify` found: the first break, or notices about an unbroken chain."""
+
     records: int = 0
     """Records checked (up to the break, if any)."""
     first: Location | None = None
@@ -607,6 +611,8 @@ class SignetSignature:
 
 @dataclass(frozen=True)
 class Match:
+    """A KMS signature paired with the Signet record that accounts for it."""
+
     kms: KmsSignature
     signet: SignetSignature
 
@@ -618,6 +624,8 @@ class Match:
 
 @dataclass
 class ReconcileResult:
+    """Pairs, and what is left unpaired on either side."""
+
     matched: list[Match] = field(default_factory=list)
     unrecorded: list[KmsSignature] = field(default_factory=list)
     """Signatures KMS made that Signet has no record of: the failure this check is for."""

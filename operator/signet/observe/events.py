@@ -47,6 +47,8 @@ Involved = tuple[str | None, str | None, str | None, str | None, str | None]
 
 
 class EventSink(Protocol):
+    """Where Events go: the apiserver in the operator, an in-memory sink in tests."""
+
     async def create_event(self, namespace: str, body: dict[str, Any]) -> None: ...
 
     async def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> object:
@@ -90,6 +92,9 @@ def _key(involved: Involved, type: str, reason: str, message: str) -> bytes:
 
 
 class EventPoster:
+    """Posts Events one at a time from a bounded queue, folding repeats into one Event whose
+    count grows."""
+
     def __init__(
         self,
         sink: EventSink,

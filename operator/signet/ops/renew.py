@@ -27,6 +27,8 @@ STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 @dataclass(frozen=True)
 class Target:
+    """A Certificate to renew, and the Secret whose issued-at the stamp must exceed."""
+
     namespace: str
     name: str
     secret_name: str

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 class WorkQueue(Generic[K]):
+    """A delaying work queue with client-go's semantics: a key is processed by one worker
+    at a time, re-added keys wait for the running pass, the earliest due time wins."""
+
     def __init__(self, process: Callable[[K], Awaitable[None]], *, workers: int) -> None:
         self._process = process
         self._workers = workers
