@@ -55,7 +55,7 @@ crds: venv
 	cp crds/*.yaml charts/signet/files/crds/
 
 demo: venv tools
-	$(BIN)/python -m signet.demo $(if $(ONCE),--once,)
+	$(BIN)/python -m signet_dev.demo $(if $(ONCE),--once,)
 
 bench: venv tools
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)

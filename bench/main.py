@@ -23,7 +23,7 @@ from typing import Any
 from bench.figures import KMS_KEYS, Env, Sizes, issuance_phase, memory_phase, storm_phase
 from bench.kube import Kube
 from bench.procs import ROOT, SOURCE, KmsEmulator, Operator
-from signet.devcluster import LocalControlPlane, tools_bin
+from signet_dev import LocalControlPlane, tools_bin
 
 FIGURES = ("throughput", "latency", "memory", "restart", "storm", "kms")
 RESULTS = Path(__file__).resolve().parent / "results"

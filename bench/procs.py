@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import signet
-from signet.devcluster.controlplane import free_port
+from signet_dev.controlplane import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = Path(signet.__file__).resolve().parents[1]

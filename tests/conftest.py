@@ -10,7 +10,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from signet.devcluster import LocalControlPlane
+from signet_dev import LocalControlPlane
 from tests.kube import ROOT, Kube
 
 pytest_plugins = ["tests.kms_fixtures", "tests.operator_fixtures", "tests.faultproxy"]

@@ -70,7 +70,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from multidict import CIMultiDict
 from yarl import URL
 
-from signet.devcluster import kubeconfig as kubeconfigs
+from signet_dev import kubeconfig as kubeconfigs
 from tests.kube import Kube
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from typing import Any
 
 import kubernetes
 
-from signet.devcluster import LocalControlPlane, kubeconfig, tools_bin
+from signet_dev import LocalControlPlane, kubeconfig, tools_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 

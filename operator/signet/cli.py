@@ -1,4 +1,4 @@
-"""The `signet` command: one entry point for the operator, its tools and the dev cluster.
+"""The `signet` command: one entry point for the operator and the commands that serve it.
 
 Subcommands import their modules lazily so `signet --help` stays fast and a missing
 optional piece (say, the Go-built tools) only affects the subcommand that needs it.
@@ -7,29 +7,9 @@ optional piece (say, the Go-built tools) only affects the subcommand that needs 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-
-
-def _cluster_up(args: argparse.Namespace) -> int:
-    from signet.devcluster import LocalControlPlane
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with LocalControlPlane(
-        with_controller_manager=not args.no_controller_manager, with_node=args.node
-    ) as plane:
-        print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
-        if plane.node is not None:
-            print(f"# node {plane.node.name} ({plane.node.ip}) is Ready", file=sys.stderr)
-        print(f"# kube-apiserver {plane.server}; Ctrl-C stops and cleans up", file=sys.stderr)
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-    return 0
 
 
 def _kms_emulator(argv: Sequence[str]) -> int:
@@ -198,23 +178,6 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-
-    cluster = commands.add_parser("cluster", help="a local Kubernetes control plane")
-    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
-    up = cluster_commands.add_parser(
-        "up", help="start etcd + kube-apiserver on loopback until Ctrl-C"
-    )
-    up.add_argument(
-        "--no-controller-manager",
-        action="store_true",
-        help="skip kube-controller-manager (no garbage collection or namespace deletion)",
-    )
-    up.add_argument(
-        "--node",
-        action="store_true",
-        help="also run a real kubelet node (root, containerd and runc needed)",
-    )
-    up.set_defaults(func=_cluster_up)
 
     run = commands.add_parser("run", help="run the operator")
     from signet.controller.main import add_arguments

@@ -22,6 +22,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from signet.api.certificate import CertificateSpec
 from signet.api.issuer import IssuerSpec
@@ -280,4 +281,76 @@ async def _issue_ssh(
         not_after=not_after,
         public_key_fingerprint=fingerprint,
         signature=signature,
+    )
+
+
+@dataclass(frozen=True)
+class IssuedLeaf:
+    """A certificate for a key Signet never held (a PodCertificateRequest's): no Secret,
+    just the chain and what the request's status must repeat of it."""
+
+    chain_pem: bytes
+    """The leaf, then the intermediates: what relying parties are shown."""
+    serial: str
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    public_key_fingerprint: str
+    signature: str
+    """The audit id of the signature record."""
+    spiffe_id: str
+
+
+async def issue_for_public_key(
+    material: IssuerMaterial,
+    public_key: PublicKeyTypes,
+    *,
+    spiffe_id: str,
+    usages: tuple[str, ...],
+    lifetime: datetime.timedelta,
+    minimum: datetime.timedelta,
+    record: SignatureRecorder,
+) -> IssuedLeaf:
+    """Sign an X509-SVID for ``public_key``. The certificate spans exactly ``lifetime`` from
+    its backdated notBefore (a requester that capped the lifetime, as the apiserver does for
+    pod certificates, counts from notBefore), or less where the CA ends sooner; less than
+    ``minimum`` is refused before KMS is asked. Raises as `issue` does."""
+    chain = material.chain
+    if chain is None:
+        raise ValueError(f"{material.spec.ref} has no X.509 CA")
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    duration = lifetime - pki_x509.BACKDATE
+    not_before, not_after = pki_x509.leaf_validity(chain.issuer, now, duration)
+    if not_after - not_before < minimum:
+        raise ValueError(
+            f"the CA of {material.spec.ref} expires at {timestamp(chain.issuer.not_valid_after_utc)}"
+            ": too soon for a certificate of the shortest lifetime allowed"
+        )
+    request = pki_x509.LeafRequest(spiffe_id=spiffe_id, usages=usages, duration=duration)
+    serial_number = pki_x509.random_serial_number()
+    serial = format(serial_number, "x")
+    fingerprint = keys.spki_fingerprint(public_key)
+    leaf, signature = await _sign_recorded(
+        material,
+        lambda ca: pki_x509.build_leaf(
+            request, public_key, chain.issuer, ca, now=now, serial=serial_number
+        ),
+        record,
+        {
+            "serialNumber": serial,
+            "notBefore": timestamp(not_before),
+            "notAfter": timestamp(not_after),
+            "publicKeyFingerprint": fingerprint,
+            "spiffeID": spiffe_id,
+            "subject": "",
+            "uris": [spiffe_id],
+        },
+    )
+    return IssuedLeaf(
+        chain_pem=chain.leaf_chain_pem(leaf),
+        serial=serial,
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        public_key_fingerprint=fingerprint,
+        signature=signature,
+        spiffe_id=spiffe_id,
     )

@@ -134,6 +134,35 @@ def check(spec: CertificateSpec, issuer: IssuerSpec, namespace: str) -> Denial |
     return None
 
 
+def check_pod_identity(
+    issuer: IssuerSpec, namespace: str, service_account: str, key_algorithm: str
+) -> Denial | None:
+    """What the policy says of a pod's own identity (a PodCertificateRequest): its key
+    algorithm and its SPIFFE ID, under the same rules a Certificate's SPIFFE ID meets, so
+    a platform team's allowedURIs and allowedKeyAlgorithms bind both request paths alike.
+    The lifetime is not refused here: it is shortened to policy.maxDuration."""
+    policy = issuer.policy
+    if key_algorithm not in policy.allowed_key_algorithms:
+        why = _not_granted(
+            "policy.allowedKeyAlgorithms", policy.allowed_key_algorithms, "is not in"
+        )
+        return Denial(
+            Reason.UNSUPPORTED_KEY_TYPE, f"key algorithm {key_algorithm!r} is not allowed: {why}"
+        )
+    td = issuer.trust_domain
+    svid = spiffe_id(td, namespace, service_account)
+    subject = f"ServiceAccount {service_account[:253]!r} (SPIFFE ID {svid!r})"
+    return _spiffe_denial(subject, svid, td, namespace) or _check_names(
+        [(subject, svid)],
+        policy.allowed_uris,
+        "policy.allowedURIs",
+        "uri",
+        Reason.URI_NOT_ALLOWED,
+        namespace,
+        td,
+    )
+
+
 def _check_ssh(ssh: SSHSpec, issuer: IssuerSpec, ns: str) -> Denial | None:
     """Critical options and extensions change what the certificate may do on every server
     that trusts the CA (forward ports and agents, run ~/.ssh/rc), so each one requested,

@@ -80,6 +80,11 @@ class Reason(enum.StrEnum):
     IP_ADDRESS_NOT_ALLOWED = "IPAddressNotAllowed"
     # -- refused: the issuer's key cannot do what is asked ----------------------------------
     SSH_UNSUPPORTED_KEY = "SSHUnsupportedKey"
+    # -- refused: PodCertificateRequests (the first two are Kubernetes' own denial reasons) --
+    UNSUPPORTED_KEY_TYPE = "UnsupportedKeyType"
+    INVALID_UNVERIFIED_USER_ANNOTATIONS = "InvalidUnverifiedUserAnnotations"
+    UNKNOWN_SIGNER = "UnknownSigner"
+    POD_CERTIFICATES_NOT_ENABLED = "PodCertificatesNotEnabled"
     # -- transient (KMS and IAM change outside Kubernetes: only a retry can notice) --------
     KMS_PERMISSION_DENIED = "KMSPermissionDenied"
     KMS_INVALID_ARGUMENT = "KMSInvalidArgument"

@@ -22,8 +22,8 @@ import pytest
 
 from signet.api import GROUP, VERSION
 from signet.controller.trust import configmap_name
-from signet.devcluster.controlplane import free_port
 from signet.kms.emulator import EmulatorServer
+from signet_dev.controlplane import free_port
 from tests.chart.helm import CHART, helm
 from tests.kms_fixtures import KeyFactory
 from tests.kube import Kube, eventually

@@ -1,4 +1,4 @@
-"""`make demo`: `python -m signet.demo --once` brings everything up, prints what was issued
+"""`make demo`: `python -m signet_dev.demo --once` brings everything up, prints what was issued
 and leaves no process or folder behind."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _processes_mentioning(text: str) -> list[str]:
 @pytest.mark.cluster
 def test_demo_once_summarizes_and_cleans_up() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "signet.demo", "--once"],
+        [sys.executable, "-m", "signet_dev.demo", "--once"],
         capture_output=True, text=True, timeout=180, cwd=ROOT, check=False,
     )  # fmt: skip
     out = result.stdout
@@ -66,7 +66,7 @@ def test_demo_once_summarizes_and_cleans_up() -> None:
 
 def test_demo_without_tools_says_to_build_them(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "signet.demo", "--once"],
+        [sys.executable, "-m", "signet_dev.demo", "--once"],
         capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "SIGNET_TOOLS_BIN": str(tmp_path)},
     )  # fmt: skip
@@ -79,7 +79,7 @@ def test_demo_without_tools_says_to_build_them(tmp_path: Path) -> None:
 @pytest.mark.cluster
 def test_demo_keeps_running_until_stopped_then_cleans_up() -> None:
     demo = subprocess.Popen(
-        [sys.executable, "-m", "signet.demo"],
+        [sys.executable, "-m", "signet_dev.demo"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
     assert demo.stdout is not None

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from signet.devcluster.controlplane import free_port
+from signet_dev.controlplane import free_port
 from tests.kube import ROOT, Kube
 from tests.operator.harness import secret_data, wait_condition
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from signet.devcluster.controlplane import free_port
+from signet_dev.controlplane import free_port
 from tests import openssh
 from tests.kube import Kube
 from tests.operator.harness import secret_data, wait_condition

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from signet.devcluster.node import LocalNode, unavailable_reason
+from signet_dev.node import LocalNode, unavailable_reason
 from tests.kube import Kube
 
 

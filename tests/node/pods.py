@@ -14,7 +14,7 @@ from typing import Any
 import kubernetes
 import yaml
 
-from signet.devcluster.node import LocalNode, pod_manifest
+from signet_dev.node import LocalNode, pod_manifest
 from tests.kube import ROOT, Kube, eventually
 
 EXAMPLE = ROOT / "examples" / "mtls-spiffe"

@@ -21,9 +21,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from signet.devcluster.controlplane import free_port
-from signet.devcluster.node import LocalNode
 from signet.kms.emulator import EmulatorServer
+from signet_dev.controlplane import free_port
+from signet_dev.node import LocalNode
 from tests.kube import Kube, eventually
 from tests.node.pods import (
     delete_pod,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from signet.devcluster.controlplane import free_port
-from signet.devcluster.node import LocalNode, pod_manifest
 from signet.kms.emulator import EmulatorServer
+from signet_dev.controlplane import free_port
+from signet_dev.node import LocalNode, pod_manifest
 from tests import openssh
 from tests.kube import ROOT, Kube
 from tests.node.pods import example_objects, run_pod, volume_path

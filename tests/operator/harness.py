@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from signet.api import GROUP, VERSION
-from signet.devcluster.controlplane import free_port
+from signet_dev.controlplane import free_port
 from tests.kube import Kube, eventually
 
 

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from signet.devcluster import LocalControlPlane
 from signet.kms.emulator import Counters, EmulatorServer
+from signet_dev import LocalControlPlane
 from tests.kube import Kube
 from tests.operator.harness import OperatorProcess
 from tests.reliability.conftest import Recorder
@@ -27,6 +27,7 @@ from tests.reliability.helpers import (
     issued_count,
     poll,
     wait_all,
+    wait_reissued,
 )
 
 pytestmark = pytest.mark.cluster
@@ -194,11 +195,15 @@ def test_watches_resume_after_connections_cut(
     )
     recovery = time.monotonic() - start
     crds.core.delete_namespaced_secret("w0-identity", namespace)
-    poll(
-        lambda: crds.core.read_namespaced_secret("w0-identity", namespace),
+    w0 = wait_reissued(
+        crds,
+        namespace,
+        "w0",
+        done["w0"]["status"]["serialNumber"],
         timeout=30,
-        what="deleted Secret re-created through the resumed Secret watch",
+        what="deleted Secret re-issued through the resumed Secret watch, status caught up",
     )
+    assert w0["status"]["revision"] == 2
     assert_secrets_consistent(crds, namespace, wait_all(crds, namespace, [*names, "before"]))
     assert done["before"]["status"]["revision"] == 2
     record(

@@ -15,7 +15,7 @@ import kubernetes
 import pytest
 
 from signet.api import GROUP, VERSION
-from signet.devcluster import LocalControlPlane
+from signet_dev import LocalControlPlane
 from tests.kube import ROOT, Kube, eventually
 
 pytestmark = pytest.mark.cluster
@@ -183,9 +183,10 @@ def test_issuer_crds_match_their_generator() -> None:
 
 
 def test_cluster_up_cli_starts_and_cleans_up() -> None:
-    """`signet cluster up` prints an export line, serves, and leaves nothing behind on SIGINT."""
+    """`python -m signet_dev cluster up` prints an export line, serves, and leaves nothing
+    behind on SIGINT."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "signet.cli", "cluster", "up", "--no-controller-manager"],
+        [sys.executable, "-m", "signet_dev", "cluster", "up", "--no-controller-manager"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -25,6 +25,11 @@ DEFAULT_URI_PATTERNS = ("spiffe://{trustDomain}/ns/{namespace}/sa/*",)
 DEFAULT_SSH_PRINCIPAL_PATTERNS = ("{namespace}-*",)
 DEFAULT_SSH_EXTENSIONS = ("permit-pty",)
 DEFAULT_SSH_CRITICAL_OPTIONS = ("source-address",)
+POD_KEY_TYPES = ("RSA3072", "RSA4096", "ECDSAP256", "ECDSAP384", "ED25519")
+"""The kubelet key types Signet certifies: the kubelet's set without ECDSAP521, which leaf
+keys elsewhere in Signet do not accept either."""
+MIN_POD_CERTIFICATE_DURATION = datetime.timedelta(hours=1)
+"""The shortest lifetime the apiserver accepts in a PodCertificateRequest's status."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,16 @@ class SelfSignedCA:
 
 
 @dataclass(frozen=True)
+class PodCertificates:
+    """Whether and how the issuer signs Kubernetes PodCertificateRequests: opt-in, because
+    any pod that mounts a podCertificate volume naming the signer asks for an identity."""
+
+    enabled: bool = False
+    default_duration: datetime.timedelta = datetime.timedelta(hours=24)
+    allowed_key_types: tuple[str, ...] = POD_KEY_TYPES
+
+
+@dataclass(frozen=True)
 class IssuerSpec:
     """An Issuer or ClusterIssuer: the KMS key, the CA, the policy and what it issues."""
 
@@ -86,6 +101,7 @@ class IssuerSpec:
     trust_domain: str
     policy: Policy
     namespace_selector: Mapping[str, Any] | None = field(default=None)
+    pod_certificates: PodCertificates = field(default_factory=PodCertificates)
 
     @property
     def x509_enabled(self) -> bool:
@@ -163,6 +179,40 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
     )
 
 
+def _pod_certificates(raw: Any) -> PodCertificates:
+    if raw is None:
+        return PodCertificates()
+    if not isinstance(raw, Mapping):
+        raise SpecError(Reason.INVALID_SPEC, "spec.podCertificates: expected an object")
+    enabled = raw.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise SpecError(Reason.INVALID_SPEC, "spec.podCertificates.enabled: expected true or false")
+    duration = parse_duration(
+        raw.get("defaultDuration", "24h"), field="spec.podCertificates.defaultDuration"
+    )
+    if duration < MIN_POD_CERTIFICATE_DURATION:
+        raise SpecError(
+            Reason.INVALID_DURATION,
+            "spec.podCertificates.defaultDuration must be at least 1h (the apiserver refuses "
+            "shorter pod certificates)",
+        )
+    key_types = raw.get("allowedKeyTypes")
+    if key_types is None:
+        key_types = list(POD_KEY_TYPES)
+    if not isinstance(key_types, list) or not all(isinstance(k, str) for k in key_types):
+        raise SpecError(
+            Reason.INVALID_SPEC, "spec.podCertificates.allowedKeyTypes: expected a list of strings"
+        )
+    for key_type in key_types:
+        if key_type not in POD_KEY_TYPES:
+            raise SpecError(
+                Reason.INVALID_SPEC,
+                f"spec.podCertificates.allowedKeyTypes: {key_type[:64]!r} is not one of "
+                f"{', '.join(POD_KEY_TYPES)}",
+            )
+    return PodCertificates(enabled, duration, tuple(key_types))
+
+
 def parse_issuer_spec(
     kind: str, name: str, namespace: str | None, spec: Mapping[str, Any]
 ) -> IssuerSpec:
@@ -213,4 +263,5 @@ def parse_issuer_spec(
         trust_domain=trust_domain,
         policy=_policy(spec.get("policy") or {}),
         namespace_selector=selector,
+        pod_certificates=_pod_certificates(spec.get("podCertificates")),
     )

@@ -37,6 +37,7 @@ Obj = dict[str, Any]
 Login = Callable[[], kopf.ConnectionInfo | None]
 PLURALS = {"Certificate": "certificates", "Issuer": "issuers", "ClusterIssuer": "clusterissuers"}
 MERGE_PATCH = "application/merge-patch+json"
+CERTIFICATES_GROUP = "certificates.k8s.io"
 
 CONNECTION_ERROR = "ConnectionError"
 """``ApiError.reason`` when no answer came: refused, reset, closed mid-answer."""
@@ -334,6 +335,52 @@ class KubeApi:
         stale: dict[str, str | None] = {key: None for key in existing if key not in data}
         patch = {"metadata": {"labels": labels}, "data": {**stale, **data}}
         await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
+
+    # PodCertificateRequests and ClusterTrustBundles (certificates.k8s.io) ----------------
+    async def get_pod_certificate_request(self, namespace: str, name: str) -> Obj | None:
+        return await self._get_or_none(
+            _custom_path(CERTIFICATES_GROUP, "v1", "podcertificaterequests", namespace, name)
+        )
+
+    async def update_pod_certificate_request_status(
+        self, namespace: str, name: str, body: Obj
+    ) -> Obj:
+        """PUT the whole request to /status, ``metadata.resourceVersion`` included: the one
+        write that answers it. 409 if it changed since; 422 once anyone has answered it."""
+        path = _custom_path(CERTIFICATES_GROUP, "v1", "podcertificaterequests", namespace, name)
+        return await self.request("PUT", path + "/status", body)
+
+    async def apply_cluster_trust_bundle(
+        self, name: str, labels: dict[str, str], signer_name: str, trust_bundle: str
+    ) -> bool:
+        """Create or update a signer-linked ClusterTrustBundle; False when it already said
+        exactly this (no write)."""
+        collection = _custom_path(CERTIFICATES_GROUP, "v1", "clustertrustbundles", None)
+        path = f"{collection}/{quote(name)}"
+        spec = {"signerName": signer_name, "trustBundle": trust_bundle}
+        current = await self._get_or_none(path)
+        if current is None:
+            body = {
+                "apiVersion": f"{CERTIFICATES_GROUP}/v1",
+                "kind": "ClusterTrustBundle",
+                "metadata": {"name": name, "labels": labels},
+                "spec": spec,
+            }
+            try:
+                await self.request("POST", collection, body)
+                return True
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+                current = await self.request("GET", path)
+        current_labels = current["metadata"].get("labels") or {}
+        if current.get("spec") == spec and all(
+            current_labels.get(k) == v for k, v in labels.items()
+        ):
+            return False
+        patch = {"metadata": {"labels": labels}, "spec": spec}
+        await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
+        return True
 
     # Namespaces and Events ---------------------------------------------------------------
     async def get_namespace(self, name: str) -> Obj | None:

@@ -43,6 +43,37 @@ class Refusal:
     denied: bool = False
 
 
+def check_issuer(
+    kind: str,
+    name: str,
+    namespace: str,
+    issuer: IssuerFacts | None,
+    *,
+    namespace_labels: dict[str, str] | None,
+) -> Refusal | None:
+    """The gates every request path shares before its own policy: the issuer exists, is
+    ready, and (a ClusterIssuer) its namespaceSelector selects the requester's namespace."""
+    cluster_scoped = kind == "ClusterIssuer"
+    where = "" if cluster_scoped else f" in namespace {namespace!r}"
+    if issuer is None:
+        return Refusal(Reason.ISSUER_NOT_FOUND, f"{kind} {name!r} not found{where}")
+    if not issuer.ready or issuer.spec is None:
+        return Refusal(
+            Reason.ISSUER_NOT_READY,
+            f"{kind} {name!r} is not ready: {issuer.reason}: {issuer.message}",
+        )
+    if cluster_scoped and (
+        namespace_labels is None
+        or not policy.namespace_selected(issuer.spec.namespace_selector, namespace_labels)
+    ):
+        return Refusal(
+            Reason.NAMESPACE_NOT_ALLOWED,
+            f"ClusterIssuer {name!r} does not serve namespace {namespace!r} "
+            "(its namespaceSelector does not select it)",
+        )
+    return None
+
+
 def check(
     spec: CertificateSpec,
     namespace: str,
@@ -54,23 +85,10 @@ def check(
     """None when every gate lets the request through. ``namespace_labels`` is consulted
     only for a ClusterIssuer (None: the namespace was not found)."""
     ref = spec.issuer_ref
-    where = "" if ref.cluster_scoped else f" in namespace {namespace!r}"
-    if issuer is None:
-        return Refusal(Reason.ISSUER_NOT_FOUND, f"{ref.kind} {ref.name!r} not found{where}")
-    if not issuer.ready or issuer.spec is None:
-        return Refusal(
-            Reason.ISSUER_NOT_READY,
-            f"{ref.kind} {ref.name!r} is not ready: {issuer.reason}: {issuer.message}",
-        )
-    if ref.cluster_scoped and (
-        namespace_labels is None
-        or not policy.namespace_selected(issuer.spec.namespace_selector, namespace_labels)
-    ):
-        return Refusal(
-            Reason.NAMESPACE_NOT_ALLOWED,
-            f"ClusterIssuer {ref.name!r} does not serve namespace {namespace!r} "
-            "(its namespaceSelector does not select it)",
-        )
+    refusal = check_issuer(ref.kind, ref.name, namespace, issuer, namespace_labels=namespace_labels)
+    if refusal is not None:
+        return refusal
+    assert issuer is not None and issuer.spec is not None
     denial = policy.check(spec, issuer.spec, namespace)
     if denial is not None:
         return Refusal(denial.reason, denial.message, denied=True)

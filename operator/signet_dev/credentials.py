@@ -1,9 +1,9 @@
 """Throwaway credentials for a local control plane.
 
-These keys exist for the lifetime of one test session or `signet cluster up` run and live
-in its temporary folder. They have nothing to do with the CA keys Signet protects, which
-never leave KMS; this is only the scaffolding a real kube-apiserver needs to serve TLS,
-authenticate an admin by client certificate and sign ServiceAccount tokens.
+These keys exist for the lifetime of one test session or `python -m signet_dev cluster up`
+run and live in its temporary folder. They have nothing to do with the CA keys Signet
+protects, which never leave KMS; this is only the scaffolding a real kube-apiserver needs
+to serve TLS, authenticate an admin by client certificate and sign ServiceAccount tokens.
 """
 
 from __future__ import annotations

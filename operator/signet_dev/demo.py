@@ -84,7 +84,7 @@ def _die_with_parent() -> None:
 
 
 def _free_port() -> int:
-    from signet.devcluster.controlplane import free_port
+    from signet_dev.controlplane import free_port
 
     return free_port()
 
@@ -245,7 +245,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run(once: bool, out: TextIO = sys.stdout, ready_timeout: float = 90.0) -> int:
-    from signet.devcluster import ControlPlaneError, LocalControlPlane, tools_bin
+    from signet_dev import ControlPlaneError, LocalControlPlane, tools_bin
 
     progress = Progress(out)
     try:
@@ -337,7 +337,7 @@ def run(once: bool, out: TextIO = sys.stdout, ready_timeout: float = 90.0) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m signet.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m signet_dev.demo", description=__doc__)
     parser.add_argument("--once", action="store_true", help="exit after printing the summary")
     parser.add_argument(
         "--timeout", type=float, default=90.0, help="seconds to wait for Certificates"
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     # The in-process KMS emulator is a gRPC server; its fork handlers only log noise when
     # we spawn kubectl and the operator, which never use gRPC state inherited by fork.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    from signet.devcluster import ControlPlaneError
+    from signet_dev import ControlPlaneError
 
     try:
         with _sigterm_as_interrupt():

@@ -46,8 +46,8 @@ from typing import Any
 
 import yaml
 
-from signet.devcluster import credentials, kubeconfig
-from signet.devcluster.controlplane import (
+from signet_dev import credentials, kubeconfig
+from signet_dev.controlplane import (
     ControlPlaneError,
     _Child,
     _die_with_parent,

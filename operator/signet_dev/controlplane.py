@@ -2,8 +2,8 @@
 
 kind needs a container engine and registry this project cannot assume, and a fake API
 server would prove nothing about CRD schemas, CEL rules, RBAC or watch semantics. So tests
-and `signet cluster up` run the genuine binaries, built from the Kubernetes Go modules by
-`make tools`, as child processes in a temporary folder.
+and `python -m signet_dev cluster up` run the genuine binaries, built from the Kubernetes Go
+modules by `make tools`, as child processes in a temporary folder.
 
 Teardown is the point of this module as much as startup: every child runs in its own
 process group, is asked to die with its parent (PR_SET_PDEATHSIG) and is killed on
@@ -30,10 +30,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from signet.devcluster import credentials, kubeconfig
+from signet_dev import credentials, kubeconfig
 
 if TYPE_CHECKING:
-    from signet.devcluster.node import LocalNode
+    from signet_dev.node import LocalNode
 
 _PR_SET_PDEATHSIG = 1
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -49,7 +49,7 @@ def tools_bin() -> Path:
     explicit = os.environ.get("SIGNET_TOOLS_BIN")
     if explicit:
         return Path(explicit)
-    checkout = Path(__file__).resolve().parents[3] / ".tools" / "bin"
+    checkout = Path(__file__).resolve().parents[2] / ".tools" / "bin"
     if (checkout / "kube-apiserver").exists():
         return checkout
     found = shutil.which("kube-apiserver")
@@ -99,7 +99,7 @@ class LocalControlPlane:
     with_controller_manager: bool = True
     workdir: Path | None = None
     extra_apiserver_args: Sequence[str] = ()
-    # A real kubelet node (signet.devcluster.node): needs root, containerd and runc.
+    # A real kubelet node (signet_dev.node): needs root, containerd and runc.
     with_node: bool = False
     node: LocalNode | None = field(default=None, init=False)
     _children: list[_Child] = field(default_factory=list, init=False)
@@ -199,7 +199,7 @@ class LocalControlPlane:
         if self.node is None:
             assert self.workdir is not None and self._creds is not None, "not started"
             # Imported here: node.py builds on this module.
-            from signet.devcluster.node import LocalNode
+            from signet_dev.node import LocalNode
 
             self.node = LocalNode(self.workdir / "node", self.bin_dir, self.server, self._creds)
             try:

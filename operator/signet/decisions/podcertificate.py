@@ -1,0 +1,323 @@
+"""Kubernetes' own PodCertificateRequests: may this pod have its identity, and what exactly.
+
+The kubelet makes a key pair on the node for a pod that mounts a ``podCertificate``
+projected volume, and asks for a certificate with a PodCertificateRequest naming a signer.
+Signet's signers are its issuers (``clusterissuers.signet.dev/<name>``,
+``issuers.signet.dev/<namespace>.<name>``, cert-manager's naming for its CSR signers), and
+what a pod gets is fixed by who it is, never by what it asks: the SPIFFE ID of its
+ServiceAccount in its own namespace, for client and server auth. The apiserver has
+already checked that the node, pod and ServiceAccount are real and belong together, and
+that the stub CSR is signed by the key it carries.
+
+Pure: the caller resolves the issuer and the namespace's labels; the clock is passed in.
+Every refusal names its reason and the rule; a request is answered once (its status is
+immutable), so a refusal is final and a transient problem is waited out until the request
+is too old to be worth answering.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import enum
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+from signet import policy
+from signet.api.duration import format_duration
+from signet.api.issuer import MIN_POD_CERTIFICATE_DURATION
+from signet.decisions.gates import IssuerFacts, check_issuer
+from signet.reasons import Reason
+
+CLUSTER_ISSUER_SIGNERS = "clusterissuers.signet.dev/"
+ISSUER_SIGNERS = "issuers.signet.dev/"
+USAGES = ("digital signature", "key encipherment", "server auth", "client auth")
+"""An X509-SVID that works on both ends of mutual TLS; key encipherment is dropped for
+non-RSA keys by the leaf builder."""
+
+KEY_TYPE_ALGORITHMS = {
+    "RSA3072": "RSA",
+    "RSA4096": "RSA",
+    "ECDSAP256": "ECDSA",
+    "ECDSAP384": "ECDSA",
+    "ECDSAP521": "ECDSA",
+    "ED25519": "Ed25519",
+}
+"""The kubelet's key types and the policy's name for each one's algorithm."""
+
+PENDING_LIMIT = datetime.timedelta(minutes=15)
+"""How long a request waits out transient failures before it is marked Failed: the kubelet
+keeps the pod waiting meanwhile, and Failed lets it ask again rather than wait for ever."""
+REFRESH_FRACTION = 2 / 3
+JITTER_FRACTION = 0.05
+"""beginRefreshAt moves earlier by up to this share of the lifetime, spread by request UID,
+so pods started together do not all come back in the same second."""
+REFRESH_MARGIN = datetime.timedelta(minutes=10)
+"""The apiserver wants beginRefreshAt this far inside the validity period, at both ends."""
+
+
+class Action(enum.Enum):
+    SIGN = "sign"
+    DENY = "deny"
+    WAIT = "wait"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class PodRequest:
+    """The parts of a PodCertificateRequest a decision reads."""
+
+    namespace: str
+    name: str
+    uid: str
+    signer_name: str
+    pod_name: str
+    pod_uid: str
+    service_account_name: str
+    service_account_uid: str
+    node_name: str
+    node_uid: str
+    max_expiration: datetime.timedelta
+    stub_pkcs10: bytes
+    user_annotations: Mapping[str, str] = field(default_factory=dict)
+    created: datetime.datetime | None = None
+
+
+@dataclass(frozen=True)
+class SigningPlan:
+    """What the certificate will say; the key is the kubelet's, never Signet's."""
+
+    public_key: PublicKeyTypes
+    key_type: str
+    spiffe_id: str
+    lifetime: datetime.timedelta
+
+
+@dataclass(frozen=True)
+class PodDecision:
+    action: Action
+    reason: Reason
+    message: str
+    plan: SigningPlan | None = None
+
+
+def signer_name(kind: str, namespace: str | None, name: str) -> str:
+    """The signer an issuer answers for."""
+    if kind == "ClusterIssuer":
+        return CLUSTER_ISSUER_SIGNERS + name
+    return f"{ISSUER_SIGNERS}{namespace}.{name}"
+
+
+def is_ours(signer: str) -> bool:
+    """Whether Signet answers requests for ``signer`` at all (others are left alone)."""
+    return signer.startswith((CLUSTER_ISSUER_SIGNERS, ISSUER_SIGNERS))
+
+
+def issuer_of(signer: str) -> tuple[str, str, str] | None:
+    """(kind, namespace or "", name) of the issuer behind one of our signers; None when the
+    name cannot name one. A namespace has no dots, so the first dot ends it."""
+    if signer.startswith(CLUSTER_ISSUER_SIGNERS):
+        name = signer.removeprefix(CLUSTER_ISSUER_SIGNERS)
+        return ("ClusterIssuer", "", name) if name and "/" not in name else None
+    if signer.startswith(ISSUER_SIGNERS):
+        namespace, dot, name = signer.removeprefix(ISSUER_SIGNERS).partition(".")
+        if namespace and dot and name and "/" not in name:
+            return ("Issuer", namespace, name)
+    return None
+
+
+def parse_request(body: Mapping[str, Any]) -> PodRequest:
+    """A request body as the watch delivers it; ValueError for one that cannot be read."""
+    metadata = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    try:
+        stub = base64.b64decode(spec.get("stubPKCS10Request") or "", validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("spec.stubPKCS10Request is not base64") from None
+    created = metadata.get("creationTimestamp")
+    annotations = spec.get("unverifiedUserAnnotations") or {}
+    return PodRequest(
+        namespace=str(metadata.get("namespace") or ""),
+        name=str(metadata.get("name") or ""),
+        uid=str(metadata.get("uid") or ""),
+        signer_name=str(spec.get("signerName") or ""),
+        pod_name=str(spec.get("podName") or ""),
+        pod_uid=str(spec.get("podUID") or ""),
+        service_account_name=str(spec.get("serviceAccountName") or ""),
+        service_account_uid=str(spec.get("serviceAccountUID") or ""),
+        node_name=str(spec.get("nodeName") or ""),
+        node_uid=str(spec.get("nodeUID") or ""),
+        max_expiration=datetime.timedelta(seconds=int(spec.get("maxExpirationSeconds") or 86400)),
+        stub_pkcs10=stub,
+        user_annotations=dict(annotations) if isinstance(annotations, Mapping) else {},
+        created=datetime.datetime.fromisoformat(created) if isinstance(created, str) else None,
+    )
+
+
+def answered(body: Mapping[str, Any]) -> bool:
+    """Whether the request already has its one answer (Issued, Denied or Failed): its status
+    is immutable from then on, so Signet never looks at it again."""
+    status = body.get("status") or {}
+    if status.get("certificateChain"):
+        return True
+    return any(
+        c.get("type") in ("Issued", "Denied", "Failed") for c in status.get("conditions") or []
+    )
+
+
+def key_type(public_key: PublicKeyTypes) -> str | None:
+    """The kubelet's name for the type of ``public_key``; None for anything else."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return {3072: "RSA3072", 4096: "RSA4096"}.get(public_key.key_size)
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return {"secp256r1": "ECDSAP256", "secp384r1": "ECDSAP384", "secp521r1": "ECDSAP521"}.get(
+            public_key.curve.name
+        )
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "ED25519"
+    return None
+
+
+def requested_key(stub_pkcs10: bytes) -> PublicKeyTypes:
+    """The public key of the stub CSR. Its signature was verified by the apiserver on
+    admission; only the key is used, the (empty) subject and any extensions never are."""
+    try:
+        csr = x509.load_der_x509_csr(stub_pkcs10)
+        return csr.public_key()
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"spec.stubPKCS10Request is not a readable PKCS#10 request: {error}")
+
+
+def decide(
+    request: PodRequest,
+    issuer: IssuerFacts | None,
+    *,
+    namespace_labels: dict[str, str] | None,
+    now: datetime.datetime,
+    issuer_absent: bool = False,
+) -> PodDecision:
+    """Sign, deny, or wait for the issuer. ``issuer_absent`` says the API confirmed there is
+    no such issuer (not merely that this process has not seen it yet)."""
+    target = issuer_of(request.signer_name)
+    if target is None:
+        return _deny(
+            Reason.UNKNOWN_SIGNER,
+            f"signer {request.signer_name!r} names no issuer: Signet's signers are "
+            f"{CLUSTER_ISSUER_SIGNERS}<name> and {ISSUER_SIGNERS}<namespace>.<name>",
+        )
+    kind, issuer_namespace, name = target
+    if kind == "Issuer" and issuer_namespace != request.namespace:
+        return _deny(
+            Reason.NAMESPACE_NOT_ALLOWED,
+            f"Issuer {issuer_namespace}/{name} signs only for pods in namespace "
+            f"{issuer_namespace!r}, not {request.namespace!r}; use a ClusterIssuer to serve "
+            "several namespaces",
+        )
+    if issuer is None and issuer_absent:
+        where = "" if kind == "ClusterIssuer" else f" in namespace {issuer_namespace!r}"
+        return _deny(
+            Reason.UNKNOWN_SIGNER,
+            f"signer {request.signer_name!r}: {kind} {name!r} does not exist{where}",
+        )
+    refusal = check_issuer(
+        kind, name, request.namespace, issuer, namespace_labels=namespace_labels
+    )
+    if refusal is not None:
+        if refusal.reason.permanent:
+            return _deny(refusal.reason, refusal.message)
+        return _wait(request, refusal.reason, refusal.message, now)
+    assert issuer is not None and issuer.spec is not None
+    spec = issuer.spec
+    settings = spec.pod_certificates
+    if not settings.enabled:
+        return _deny(
+            Reason.POD_CERTIFICATES_NOT_ENABLED,
+            f"{spec.ref} does not sign PodCertificateRequests: spec.podCertificates.enabled "
+            "is not true",
+        )
+    if not spec.x509_enabled:
+        return _deny(Reason.X509_NOT_ENABLED, f"{spec.ref} does not issue X.509 certificates")
+    if request.user_annotations:
+        keys = sorted(request.user_annotations)
+        shown = ", ".join(repr(k[:64]) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+        return _deny(
+            Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
+            f"spec.unverifiedUserAnnotations {shown}: Signet's signers recognise no user "
+            "annotations; remove userAnnotations from the podCertificate volume",
+        )
+    try:
+        public_key = requested_key(request.stub_pkcs10)
+    except ValueError as error:
+        return _deny(Reason.INVALID_REQUEST, str(error))
+    kubelet_type = key_type(public_key)
+    allowed = settings.allowed_key_types
+    if kubelet_type not in allowed:
+        named = kubelet_type or type(public_key).__name__
+        hint = f"use {' or '.join(allowed)}" if allowed else "it is empty"
+        return _deny(
+            Reason.UNSUPPORTED_KEY_TYPE,
+            f"key type {named} is not accepted by {spec.ref}: it is not in "
+            f"spec.podCertificates.allowedKeyTypes {list(allowed)}; {hint}",
+        )
+    assert kubelet_type is not None
+    denial = policy.check_pod_identity(
+        spec, request.namespace, request.service_account_name, KEY_TYPE_ALGORITHMS[kubelet_type]
+    )
+    if denial is not None:
+        return _deny(denial.reason, denial.message)
+    lifetime, limit = min(
+        (request.max_expiration, "spec.maxExpirationSeconds of the request"),
+        (settings.default_duration, f"spec.podCertificates.defaultDuration of {spec.ref}"),
+        (spec.policy.max_duration, f"policy.maxDuration of {spec.ref}"),
+        key=lambda pair: pair[0],
+    )
+    if lifetime < MIN_POD_CERTIFICATE_DURATION:
+        return _deny(
+            Reason.INVALID_DURATION,
+            f"{limit} is {format_duration(lifetime)}, shorter than the 1h the apiserver "
+            "accepts for a pod certificate",
+        )
+    svid = policy.spiffe_id(spec.trust_domain, request.namespace, request.service_account_name)
+    return PodDecision(
+        Action.SIGN,
+        Reason.ISSUED,
+        f"issuing {svid} ({kubelet_type}) for pod {request.pod_name!r} on node "
+        f"{request.node_name!r}",
+        SigningPlan(public_key, kubelet_type, svid, lifetime),
+    )
+
+
+def begin_refresh_at(
+    uid: str, not_before: datetime.datetime, not_after: datetime.datetime
+) -> datetime.datetime:
+    """About two thirds into the lifetime, earlier by a jitter that is stable per request,
+    and always inside the window the apiserver accepts."""
+    lifetime = not_after - not_before
+    spread = int.from_bytes(hashlib.sha256(uid.encode()).digest()[:4], "big") / 2**32
+    at = not_before + lifetime * REFRESH_FRACTION - lifetime * (JITTER_FRACTION * spread)
+    at = at.replace(microsecond=0)
+    return min(max(at, not_before + REFRESH_MARGIN), not_after - REFRESH_MARGIN)
+
+
+def _deny(reason: Reason, message: str) -> PodDecision:
+    return PodDecision(Action.DENY, reason, message)
+
+
+def _wait(
+    request: PodRequest, reason: Reason, message: str, now: datetime.datetime
+) -> PodDecision:
+    if request.created is not None and now - request.created > PENDING_LIMIT:
+        return PodDecision(
+            Action.FAIL,
+            reason,
+            f"{message}; gave up after {format_duration(PENDING_LIMIT)} of retries (the "
+            "kubelet may ask again)",
+        )
+    return PodDecision(Action.WAIT, reason, message)
