@@ -31,14 +31,13 @@ from bench.procs import (
     CpuMeter,
     KmsEmulator,
     Operator,
-    metric_samples,
-    metric_sum,
     py_spy,
     summarize_collapsed,
 )
 from signet.controller.kubeapi import KubeApi
 from signet.kms.cloudkms import CloudKmsSigner, SignLimiter, close_client, create_client
 from signet.secretformat import layout
+from signet_dev import metrics
 
 # The operator's defaults (signet run): reconcile workers, signs in flight, API threads.
 OPERATOR_WORKERS = 32
@@ -122,7 +121,7 @@ def issuance_phase(env: Env, sizes: Sizes, only: set[str]) -> dict[str, Any]:
     _setup_namespace(env, tput_ns, "throughput")
     _setup_namespace(env, lat_ns, "latency")
     started_wall = time.time()
-    env.operator.start([tput_ns, lat_ns])
+    env.operator.start_for([tput_ns, lat_ns])
     env.kube.wait_issuer_ready(tput_ns, "ca")
     env.kube.wait_issuer_ready(lat_ns, "ca")
     time.sleep(1)  # let the issuers' first reconcile settle before timing anything
@@ -411,7 +410,7 @@ def memory_phase(env: Env, sizes: Sizes, only: set[str]) -> dict[str, Any]:
     keys: list[CertKey] = list(items)
     results: dict[str, Any] = {}
     with _watch(env, namespaces) as watch:
-        spawned = env.operator.start(namespaces)
+        spawned = env.operator.start_for(namespaces)
         with py_spy(env.operator.pid, spy := env.spy("cold-issuance")):
             if not watch.wait(lambda: watch.count_ready(keys) == n, timeout=180 + n * 0.25):
                 raise TimeoutError(f"only {watch.count_ready(keys)}/{n} Certificates Ready")
@@ -438,10 +437,9 @@ def memory_phase(env: Env, sizes: Sizes, only: set[str]) -> dict[str, Any]:
 
 def _observed(text: str, namespaces: set[str]) -> int:
     count = 0
-    for labels, value in metric_samples(text, "signet_certificate_ready_status"):
-        if value == 1.0 and 'condition="True"' in labels:
-            namespace = labels.split('namespace="', 1)[1].split('"', 1)[0]
-            count += namespace in namespaces
+    for labels, value in metrics.samples(text, "signet_certificate_ready_status"):
+        if value == 1.0 and labels.get("condition") == "True":
+            count += labels.get("namespace") in namespaces
     return count
 
 
@@ -452,8 +450,8 @@ def _wait_idle(
     start = time.perf_counter()
     wanted = set(namespaces)
     while time.perf_counter() - start < timeout:
-        text = operator.metrics_text()
-        if metric_sum(text, "signet_workqueue_depth") == 0 and _observed(text, wanted) >= n:
+        text = operator.metrics(timeout=10)
+        if metrics.total(text, "signet_workqueue_depth") == 0 and _observed(text, wanted) >= n:
             return time.perf_counter() - start
         time.sleep(poll)
     raise TimeoutError(f"operator not idle after {timeout}s")
@@ -465,7 +463,7 @@ def _restart(env: Env, namespaces: list[str], keys: list[CertKey]) -> dict[str, 
     secrets_before = env.kube.secret_versions(namespaces)
     env.operator.stop()
     since = time.time()
-    spawned = env.operator.start(namespaces)
+    spawned = env.operator.start_for(namespaces)
     metrics_up_s = time.perf_counter() - spawned
     with py_spy(env.operator.pid, spy := env.spy("restart")):
         idle_s = _wait_idle(env.operator, namespaces, n, timeout=300, poll=0.5)
@@ -473,12 +471,12 @@ def _restart(env: Env, namespaces: list[str], keys: list[CertKey]) -> dict[str, 
     time.sleep(3)  # anything still in flight lands in the comparisons below
     certs_after = env.kube.certificate_versions(namespaces)
     secrets_after = env.kube.secret_versions(namespaces)
-    text = env.operator.metrics_text()
+    text = env.operator.metrics(timeout=10)
     return {
         "certificates": n,
         "kms_sign_calls": env.kms.count(SIGN, key="memory", since=since, code=None),
         "kms_get_public_key_calls": env.kms.count(GET_PUBLIC_KEY, key="memory", since=since),
-        "secret_writes_metric": metric_sum(text, "signet_secret_writes_total"),
+        "secret_writes_metric": metrics.total(text, "signet_secret_writes_total"),
         "secrets_changed": sum(1 for k, v in secrets_after.items() if secrets_before.get(k) != v),
         "certificate_status_writes": sum(
             1 for k, v in certs_after.items() if certs_before.get(k) != v
@@ -533,7 +531,7 @@ def storm_phase(env: Env, sizes: Sizes) -> dict[str, Any]:
     keys = [(namespace, name) for name in names]
     with _watch(env, [namespace]) as watch:
         # First issuance without the rate limit, so renewals come due within seconds.
-        env.operator.start([namespace])
+        env.operator.start_for([namespace])
         env.kube.wait_issuer_ready(namespace, "ca")
         env.kube.parallel(
             lambda name: env.kube.create_certificate(
@@ -546,7 +544,7 @@ def storm_phase(env: Env, sizes: Sizes) -> dict[str, Any]:
         first = {k: watch.revisions[k][min(watch.revisions[k])] for k in keys}
         issue_times = [t for t, _ in first.values()]
         env.operator.stop()
-        env.operator.start([namespace], [f"--sign-qps={qps:g}"])
+        env.operator.start_for([namespace], [f"--sign-qps={qps:g}"])
         since = time.time()
         sampler = _ApiSampler(env.kube)
         sampler.start()

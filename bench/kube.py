@@ -12,46 +12,31 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 from kubernetes.client import ApiException
 
 from signet.api import GROUP, VERSION
 from signet.controller.kubeapi import KubeApi
 from signet.secretformat import layout
+from signet_dev import metrics
+from signet_dev.kube import KubeClient
 
 Obj = dict[str, Any]
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
 CertKey = tuple[str, str]
 
 
-def api_client(kubeconfig: Path, pool: int = 64) -> kubernetes.client.ApiClient:
-    configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=str(kubeconfig), client_configuration=configuration
-    )
-    configuration.connection_pool_maxsize = pool
-    return kubernetes.client.ApiClient(configuration)
+class Kube(KubeClient):
+    """The shared client with a connection per worker thread, and the harness's bulk
+    operations on top."""
 
-
-class Kube:
     def __init__(self, kubeconfig: Path, threads: int = 32) -> None:
-        self.kubeconfig = kubeconfig
+        super().__init__(kubeconfig, pool=threads)
         self.threads = threads
-        # Typed as Any: raw dict bodies and ``_preload_content=False`` responses (urllib3)
-        # are what the harness uses, not the generated models the stubs describe.
-        self.api: Any = api_client(kubeconfig, pool=threads)
-        self.core: Any = kubernetes.client.CoreV1Api(self.api)
-        self.custom: Any = kubernetes.client.CustomObjectsApi(self.api)
-
-    def close(self) -> None:
-        self.api.close()
 
     # -- writes ------------------------------------------------------------------------
     def ensure_namespace(self, name: str) -> None:
@@ -180,13 +165,9 @@ class Kube:
         """``apiserver_request_total`` summed per ``verb resource`` (admin kubeconfig)."""
         response = self.api.call_api("GET", self.api.configuration.host + "/metrics")
         totals: dict[str, float] = {}
-        for line in response.read().decode().splitlines():
-            if not line.startswith("apiserver_request_total{"):
-                continue
-            head, _, value = line.rpartition(" ")
-            labels = dict(_LABEL.findall(head))
+        for labels, value in metrics.samples(response.read().decode(), "apiserver_request_total"):
             key = f"{labels.get('verb', '')} {labels.get('resource', '')}"
-            totals[key] = totals.get(key, 0.0) + float(value)
+            totals[key] = totals.get(key, 0.0) + value
         return totals
 
 

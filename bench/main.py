@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -45,26 +44,6 @@ def machine(kube: Kube) -> dict[str, Any]:
         "kubernetes_client": importlib.metadata.version("kubernetes"),
         "load_average_at_start": list(os.getloadavg()),
     }
-
-
-def apply_crds(kube: Kube) -> None:
-    kubectl = str(ROOT / ".tools" / "bin" / "kubectl")
-    if not Path(kubectl).exists():
-        kubectl = shutil.which("kubectl") or "kubectl"
-    base = [kubectl, f"--kubeconfig={kube.kubeconfig}"]
-    crds = SOURCE.parent / "crds"  # the CRDs that go with the operator source under test
-    if not crds.is_dir():
-        crds = ROOT / "crds"
-    subprocess.run(
-        [*base, "apply", "--server-side", "-f", str(crds)],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [*base, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
-        check=True,
-        capture_output=True,
-    )
 
 
 def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
@@ -185,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plane.start()
         kube = Kube(plane.kubeconfig)
         info = machine(kube)
-        apply_crds(kube)
+        # the CRDs that go with the operator source under test
+        kube.apply_crds(crds if (crds := SOURCE.parent / "crds").is_dir() else ROOT / "crds")
         kms.start()
         operator = Operator(plane.kubeconfig, kms.address, workdir)
         if args.tracemalloc or args.mallocstats:

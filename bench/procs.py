@@ -14,14 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import signet
-from signet_dev.controlplane import free_port
+from signet_dev.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = Path(signet.__file__).resolve().parents[1]
@@ -153,78 +152,31 @@ class KmsEmulator:
 
 
 @dataclass
-class Operator:
-    """``signet run`` as a subprocess, one start per call of :meth:`start`."""
+class Operator(OperatorProcess):
+    """``signet run`` as a subprocess (the shared launcher), one log per start, optionally
+    under bench/tracemalloc_run.py; the children run the harness's own ``signet``."""
 
-    kubeconfig: Path
-    kms_address: str
-    folder: Path
     tracemalloc_out: Path | None = None
     """Run under bench/tracemalloc_run.py; :meth:`dump_allocations` appends to this file."""
     trace: bool = True
     """With ``tracemalloc_out``: trace allocations (slow), else only pymalloc statistics."""
-    process: subprocess.Popen[bytes] | None = None
-    metrics_port: int = 0
-    starts: int = 0
-    args: list[str] = field(default_factory=list)
+    audit: bool = False
+    log_per_start: bool = True
+    stop_timeout: float = 60.0
+    env: Mapping[str, str] = field(default_factory=_env)
 
-    def start(
+    def launcher(self) -> list[str]:
+        if self.tracemalloc_out is None:
+            return super().launcher()
+        wrapper = [sys.executable, str(ROOT / "bench" / "tracemalloc_run.py")]
+        return [*wrapper, str(self.tracemalloc_out), "trace" if self.trace else "stats"]
+
+    def start_for(
         self, namespaces: Sequence[str], extra: Sequence[str] = (), timeout: float = 90
     ) -> float:
-        """Start and wait for /metrics to answer; returns the spawn time (perf_counter)."""
-        self.metrics_port = free_port()
-        self.args = [
-            "run",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--kms-emulator={self.kms_address}",
-            f"--metrics-port={self.metrics_port}",
-            f"--health-port={free_port()}",
-            "--log-format=json",
-            *(f"--namespace={ns}" for ns in namespaces),
-            *extra,
-        ]
-        self.starts += 1
-        prefix = [sys.executable, "-m", "signet.cli"]
-        if self.tracemalloc_out is not None:
-            prefix = [sys.executable, str(ROOT / "bench" / "tracemalloc_run.py")]
-            prefix += [str(self.tracemalloc_out), "trace" if self.trace else "stats"]
-        log = self.folder / f"operator-{self.starts}.log"
-        spawned = time.perf_counter()
-        with log.open("ab") as out_fh:
-            self.process = subprocess.Popen(
-                [*prefix, *self.args],
-                stdout=out_fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=_env(),
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"operator exited:\n{log.read_text()[-3000:]}")
-            try:
-                self.metrics_text()
-                return spawned
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"operator not ready in {timeout}s:\n{log.read_text()[-3000:]}")
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None, "operator not running"
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        """Start watching ``namespaces`` and wait for /metrics to answer; returns the spawn
+        time (perf_counter)."""
+        return self.start([*(f"--namespace={ns}" for ns in namespaces), *extra], timeout)
 
     def dump_allocations(self, wait: float = 60) -> None:
         """Ask a tracemalloc-wrapped operator for a snapshot and wait until it is written."""
@@ -239,13 +191,6 @@ class Operator:
                 time.sleep(1)  # let the write finish
                 return
             time.sleep(0.5)
-
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10
-        ) as response:
-            text: str = response.read().decode()
-            return text
 
     def memory(self) -> dict[str, Any]:
         """VmRSS and VmHWM (peak) of the operator process in MiB."""
@@ -311,23 +256,6 @@ class CpuMeter:
         return {
             name: round(cpu_seconds(pid) - self._start[name], 2) for name, pid in self._pids.items()
         }
-
-
-def metric_samples(text: str, name: str) -> list[tuple[str, float]]:
-    """``(labels, value)`` of every sample of ``name`` in Prometheus text format."""
-    samples = []
-    for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, labels = head.partition("{")
-        if metric == name:
-            samples.append((labels.rstrip("}"), float(value)))
-    return samples
-
-
-def metric_sum(text: str, name: str) -> float:
-    return sum(value for _, value in metric_samples(text, name))
 
 
 @contextlib.contextmanager

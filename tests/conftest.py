@@ -11,11 +11,9 @@ import kubernetes
 import pytest
 
 from signet_dev import LocalControlPlane
-from tests.kube import ROOT, Kube
+from tests.kube import Kube
 
 pytest_plugins = ["tests.kms_fixtures", "tests.operator_fixtures", "tests.faultproxy"]
-
-CRD_NAMES = ("certificates.signet.dev", "issuers.signet.dev", "clusterissuers.signet.dev")
 
 
 @pytest.fixture(scope="session")
@@ -33,18 +31,27 @@ def kube() -> Iterator[Kube]:
 @pytest.fixture(scope="session")
 def crds(kube: Kube) -> Kube:
     """Signet's CRDs applied (server-side) and Established."""
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for name in CRD_NAMES:
-        kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+    kube.apply_crds()
     return kube
 
 
-@pytest.fixture
-def namespace(kube: Kube) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards (without waiting for it to go)."""
+def _fresh_namespace(kube: Kube) -> Iterator[str]:
+    """A namespace of its own, deleted afterwards (without waiting for it to go)."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     kube.core.create_namespace(
         kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
     )
     yield name
     kube.core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace per test."""
+    yield from _fresh_namespace(kube)
+
+
+@pytest.fixture
+def other_namespace(kube: Kube) -> Iterator[str]:
+    """A second fresh namespace (watched namespaces, cross-namespace denials)."""
+    yield from _fresh_namespace(kube)

@@ -42,8 +42,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime
-import ipaddress
 import json
 import math
 import random
@@ -56,7 +54,6 @@ import threading
 from collections.abc import Callable, Collection, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import aiohttp
@@ -64,13 +61,13 @@ import pytest
 import yaml
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 from yarl import URL
 
+from signet_dev import credentials
 from signet_dev import kubeconfig as kubeconfigs
+from signet_dev.controlplane import Started
 from tests.kube import Kube
 
 T = TypeVar("T")
@@ -233,64 +230,21 @@ def _kubeconfig_bytes(entry: dict[str, Any], name: str) -> bytes | None:
 def _proxy_certificate(folder: Path) -> tuple[Path, Path, bytes]:
     """A CA of the proxy's own and a serving certificate for 127.0.0.1 signed by it: the
     proxy answers statuses itself, so clients must trust it, not the apiserver's CA."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "signet-test-fault-proxy-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca, ca_key = credentials.new_ca("signet-test-fault-proxy-ca")
+    cert_path, key_path = credentials.write_leaf(
+        folder,
+        "proxy",
+        ca,
+        ca_key,
+        common_name="fault-proxy",
+        server=True,
+        dns_names=("localhost",),
+        ip_addresses=("127.0.0.1",),
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    serving = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fault-proxy")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    cert_path, key_path = folder / "proxy.crt", folder / "proxy.key"
-    cert_path.write_bytes(serving.public_bytes(pem))
-    key_path.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path, ca.public_bytes(pem)
+    return cert_path, key_path, ca.public_bytes(serialization.Encoding.PEM)
 
 
-class FaultProxy:
+class FaultProxy(Started):
     """The proxy: an aiohttp server and two upstream sessions on a loop in its own thread.
 
     Every public method may be called from the test's thread while the proxy serves.
@@ -321,18 +275,6 @@ class FaultProxy:
         """The fronted kubeconfig's user, pointed at the proxy."""
 
     # -- lifecycle --------------------------------------------------------------------------
-    def __enter__(self) -> FaultProxy:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def start(self) -> None:
         self._thread.start()
         try:
@@ -461,18 +403,16 @@ class FaultProxy:
         the apiserver; with ``forwarded`` the request reaches the apiserver first and only
         its answer is replaced (a 504 for a write that did land)."""
         return self._add(
-            Rule(
-                "status",
-                _methods(method),
-                glob_pattern(path) if path else None,
-                watch,
-                where,
-                times,
-                probability,
-                status=status,
-                retry_after=retry_after,
-                forwarded=forwarded,
-            )
+            "status",
+            method,
+            path,
+            watch,
+            where,
+            times,
+            probability,
+            status=status,
+            retry_after=retry_after,
+            forwarded=forwarded,
         )
 
     def reset(
@@ -490,16 +430,7 @@ class FaultProxy:
         ``forwarded`` the apiserver gets and applies the request first: the answer is lost,
         not the write; a watch, forwarded, is cut once its stream has begun."""
         return self._add(
-            Rule(
-                "reset",
-                _methods(method),
-                glob_pattern(path) if path else None,
-                watch,
-                where,
-                times,
-                probability,
-                forwarded=forwarded,
-            )
+            "reset", method, path, watch, where, times, probability, forwarded=forwarded
         )
 
     def delay(
@@ -515,18 +446,7 @@ class FaultProxy:
     ) -> Rule:
         """Hold the request ``seconds`` before forwarding it (``math.inf``: until the client
         gives up, and then it never reaches the apiserver)."""
-        return self._add(
-            Rule(
-                "delay",
-                _methods(method),
-                glob_pattern(path) if path else None,
-                watch,
-                where,
-                times,
-                probability,
-                seconds=seconds,
-            )
-        )
+        return self._add("delay", method, path, watch, where, times, probability, seconds=seconds)
 
     def pause(self) -> None:
         """Hold every new request and stall every open stream until ``resume``: a frozen
@@ -548,7 +468,28 @@ class FaultProxy:
                 self._seen.clear()
         self.resume()
 
-    def _add(self, rule: Rule) -> Rule:
+    def _add(
+        self,
+        action: Action,
+        method: str | Collection[str] | None,
+        path: str | None,
+        watch: bool | None,
+        where: Callable[[Seen], bool] | None,
+        times: int | None,
+        probability: float,
+        **details: Any,
+    ) -> Rule:
+        """Install a rule: the public fault methods differ only in what the rule does."""
+        rule = Rule(
+            action,
+            _methods(method),
+            glob_pattern(path) if path else None,
+            watch,
+            where,
+            times,
+            probability,
+            **details,
+        )
         with self._lock:
             self._rules.append(rule)
         return rule

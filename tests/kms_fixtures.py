@@ -112,6 +112,13 @@ class KmsRunner:
         """A signer on this runner's client; kwargs go to :class:`CloudKmsSigner`."""
         return CloudKmsSigner(self.client, key_version, **kwargs)
 
+    def warm_signer(self, key_version: str, **kwargs: Any) -> CloudKmsSigner:
+        """A signer whose public key is already fetched, so that a fault injected next
+        meets the sign call, not the key fetch."""
+        signer = self.signer(key_version, **kwargs)
+        self.run(signer.public_key())
+        return signer
+
     def limiter(self, **kwargs: Any) -> SignLimiter:
         """A :class:`SignLimiter` created on the runner's loop."""
 

@@ -7,61 +7,27 @@ fixtures, nothing local-only in between.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kubernetes
 
 from signet_dev import LocalControlPlane, kubeconfig, tools_bin
+from signet_dev.kube import CHECKOUT, KubeClient, kubectl_binary
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def kubectl_binary() -> str:
-    built = ROOT / ".tools" / "bin" / "kubectl"
-    if built.exists():
-        return str(built)
-    found = shutil.which("kubectl")
-    if found is None:
-        raise RuntimeError("kubectl not found: run `make tools`")
-    return found
+ROOT = CHECKOUT
 
 
-@dataclass
-class Kube:
-    kubeconfig: Path
-    plane: LocalControlPlane | None
+class Kube(KubeClient):
+    """The shared client, failing as tests fail, with what only tests need."""
 
-    def __post_init__(self) -> None:
-        self.api = kubernetes.config.new_client_from_config(str(self.kubeconfig))
-        self.core = kubernetes.client.CoreV1Api(self.api)
-        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+    failure = AssertionError
 
-    def kubectl(
-        self,
-        *args: str,
-        input: str | None = None,
-        check: bool = True,
-        kubeconfig_path: Path | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run the real kubectl; on failure the error carries its stderr."""
-        command = [kubectl_binary(), f"--kubeconfig={kubeconfig_path or self.kubeconfig}", *args]
-        result = subprocess.run(command, input=input, capture_output=True, text=True, timeout=120)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed: {result.stderr.strip()}")
-        return result
-
-    def apply(
-        self, manifest: dict[str, Any] | str, *, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
-        return self.kubectl("apply", "-f", "-", input=text, check=check)
+    def __init__(self, kubeconfig: Path, plane: LocalControlPlane | None) -> None:
+        super().__init__(kubeconfig)
+        self.plane = plane
 
     def service_account_kubeconfig(self, namespace: str, name: str, folder: Path) -> Path:
         """A kubeconfig holding a TokenRequest token of the ServiceAccount: what a pod

@@ -9,7 +9,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from signet.observe import audit_check
+
+
+class _AuditResult(Protocol):
+    """What the audit subcommands report on: VerifyResult and ReconcileResult."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+_Result = TypeVar("_Result", bound=_AuditResult)
 
 
 def _kms_emulator(argv: Sequence[str]) -> int:
@@ -42,7 +58,14 @@ def _inspect(args: argparse.Namespace) -> int:
     return commands.inspect_command(args)
 
 
-def _audit_verify(args: argparse.Namespace) -> int:
+def _audit(
+    args: argparse.Namespace,
+    command: str,
+    check: Callable[[Iterator[audit_check.Line]], _Result],
+    render: Callable[[_Result], str],
+) -> int:
+    """What both audit subcommands share: the files read (or the audit lines embedded in a
+    log), exit 2 when one cannot be read, a JSON or text report, exit 1 when not ok."""
     import json
 
     from signet.observe import audit_check
@@ -51,27 +74,28 @@ def _audit_verify(args: argparse.Namespace) -> int:
     if args.from_log:
         lines = audit_check.from_log(lines)
     try:
-        result = audit_check.verify(lines)
+        result = check(lines)
     except OSError as error:
-        print(f"signet audit verify: {error}", file=sys.stderr)
+        print(f"signet audit {command}: {error}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
-        print(audit_check.format_verify(result))
+        print(render(result))
     return 0 if result.ok else 1
 
 
-def _audit_reconcile(args: argparse.Namespace) -> int:
-    import json
-
+def _audit_verify(args: argparse.Namespace) -> int:
     from signet.observe import audit_check
 
-    lines = audit_check.read_lines(args.files)
-    if args.from_log:
-        lines = audit_check.from_log(lines)
-    try:
-        result = audit_check.reconcile(
+    return _audit(args, "verify", audit_check.verify, audit_check.format_verify)
+
+
+def _audit_reconcile(args: argparse.Namespace) -> int:
+    from signet.observe import audit_check
+
+    def check(lines: Iterator[audit_check.Line]) -> audit_check.ReconcileResult:
+        return audit_check.reconcile(
             audit_check.read_records(lines),
             audit_check.read_records(audit_check.read_lines(args.kms_log)),
             key_prefix=args.key_prefix,
@@ -80,14 +104,8 @@ def _audit_reconcile(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             skew=args.skew,
         )
-    except OSError as error:
-        print(f"signet audit reconcile: {error}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print(audit_check.format_reconcile(result))
-    return 0 if result.ok else 1
+
+    return _audit(args, "reconcile", check, audit_check.format_reconcile)
 
 
 def _iso_time(value: str) -> datetime.datetime:

@@ -321,9 +321,10 @@ async def issue_for_public_key(
     duration = lifetime - pki_x509.BACKDATE
     not_before, not_after = pki_x509.leaf_validity(chain.issuer, now, duration)
     if not_after - not_before < minimum:
+        expires = timestamp(chain.issuer.not_valid_after_utc)
         raise ValueError(
-            f"the CA of {material.spec.ref} expires at {timestamp(chain.issuer.not_valid_after_utc)}"
-            ": too soon for a certificate of the shortest lifetime allowed"
+            f"the CA of {material.spec.ref} expires at {expires}: too soon for a certificate "
+            "of the shortest lifetime allowed"
         )
     request = pki_x509.LeafRequest(spiffe_id=spiffe_id, usages=usages, duration=duration)
     serial_number = pki_x509.random_serial_number()

@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from signet_dev import credentials, kubeconfig
 
@@ -67,10 +66,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child between fork and exec: if the test process dies, so does this."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(command: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    """A child in its own process group (so teardown can kill all it started) that dies
+    with its parent, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(command),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+
+
+class Started:
+    """``with thing:`` starts it and stops it again, even when the body fails: what every
+    started-then-stopped helper here (control plane, fault proxy) offers."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 @dataclass
@@ -87,7 +123,7 @@ class _Child:
 
 
 @dataclass
-class LocalControlPlane:
+class LocalControlPlane(Started):
     """etcd + kube-apiserver (+ kube-controller-manager) on free loopback ports.
 
     Use as a context manager, or call ``start()`` and ``stop()``. ``kubeconfig`` is an
@@ -112,18 +148,6 @@ class LocalControlPlane:
     def kubeconfig(self) -> Path:
         assert self.workdir is not None, "control plane not started"
         return self.workdir / "kubeconfig"
-
-    def __enter__(self) -> LocalControlPlane:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self, timeout: float = 90.0) -> None:
         if self.workdir is None:
@@ -248,8 +272,7 @@ class LocalControlPlane:
     def _wait_ready(self, apiserver: _Child, deadline: float) -> None:
         creds = self._creds
         assert creds is not None
-        context = ssl.create_default_context(cafile=str(creds.ca_cert))
-        context.load_cert_chain(str(creds.admin_cert), str(creds.admin_key))
+        context = creds.admin_context()
         last = ""
         while time.monotonic() < deadline:
             if apiserver.process.poll() is not None:
@@ -272,16 +295,7 @@ class LocalControlPlane:
     def _spawn(self, name: str, args: list[str]) -> _Child:
         assert self.workdir is not None
         log = self.workdir / f"{name}.log"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                [str(self.bin_dir / name), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        child = _Child(name, process, log)
+        child = _Child(name, spawn([str(self.bin_dir / name), *args], log), log)
         self._children.append(child)
         return child
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from signet.pki.x509 import ca_key_usage
 
 _LIFETIME = datetime.timedelta(days=2)
 
@@ -33,6 +36,13 @@ class ControlPlaneCredentials:
     admin_key: Path
     sa_signing_key: Path
     sa_public_key: Path
+
+    def admin_context(self) -> ssl.SSLContext:
+        """TLS as the admin: trusts the cluster CA, presents the admin certificate (what
+        start-up probes of the apiserver and the node need)."""
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        context.load_cert_chain(str(self.admin_cert), str(self.admin_key))
+        return context
 
 
 def _name(common_name: str, organization: str | None = None) -> x509.Name:
@@ -79,21 +89,48 @@ def _issue(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     if is_ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        builder = builder.add_extension(ca_key_usage(digital_signature=True), critical=True)
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def new_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA and its key, held in memory."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(common_name)
+    return _issue(name, key.public_key(), name, key, is_ca=True), key
+
+
+def write_leaf(
+    folder: Path,
+    name: str,
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    *,
+    common_name: str,
+    organization: str | None = None,
+    server: bool = False,
+    dns_names: tuple[str, ...] = (),
+    ip_addresses: tuple[str, ...] = (),
+) -> tuple[Path, Path]:
+    """A new key and a certificate for it signed by ``ca``, for serving (``server``) or
+    client authentication, written as ``folder/name.crt`` and ``folder/name.key``; returns
+    (certificate, key) paths."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    cert = _issue(
+        _name(common_name, organization),
+        key.public_key(),
+        ca.subject,
+        ca_key,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH,
+        sans=sans or None,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return cert_path, key_path
 
 
 def generate(folder: Path) -> ControlPlaneCredentials:
@@ -101,49 +138,34 @@ def generate(folder: Path) -> ControlPlaneCredentials:
     ``system:masters`` and a ServiceAccount token signing key, all inside ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     pem = serialization.Encoding.PEM
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("signet-devcluster-ca")
-    ca = _issue(ca_name, ca_key.public_key(), ca_name, ca_key, is_ca=True)
-
-    serving_key = ec.generate_private_key(ec.SECP256R1())
-    serving = _issue(
-        _name("kube-apiserver"),
-        serving_key.public_key(),
-        ca_name,
+    ca, ca_key = new_ca("signet-devcluster-ca")
+    serving_cert, serving_key = write_leaf(
+        folder,
+        "apiserver",
+        ca,
         ca_key,
-        usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        sans=[
-            x509.DNSName("localhost"),
-            x509.DNSName("kubernetes.default.svc"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ],
+        common_name="kube-apiserver",
+        server=True,
+        dns_names=("localhost", "kubernetes.default.svc"),
+        ip_addresses=("127.0.0.1",),
     )
-    admin_key = ec.generate_private_key(ec.SECP256R1())
-    admin = _issue(
-        _name("signet-admin", "system:masters"),
-        admin_key.public_key(),
-        ca_name,
-        ca_key,
-        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    admin_cert, admin_key = write_leaf(
+        folder, "admin", ca, ca_key, common_name="signet-admin", organization="system:masters"
     )
     sa_key = ec.generate_private_key(ec.SECP256R1())
 
     creds = ControlPlaneCredentials(
         ca_cert=folder / "ca.crt",
         ca_key=folder / "ca.key",
-        serving_cert=folder / "apiserver.crt",
-        serving_key=folder / "apiserver.key",
-        admin_cert=folder / "admin.crt",
-        admin_key=folder / "admin.key",
+        serving_cert=serving_cert,
+        serving_key=serving_key,
+        admin_cert=admin_cert,
+        admin_key=admin_key,
         sa_signing_key=folder / "sa.key",
         sa_public_key=folder / "sa.pub",
     )
     creds.ca_cert.write_bytes(ca.public_bytes(pem))
     _write_key(creds.ca_key, ca_key)
-    creds.serving_cert.write_bytes(serving.public_bytes(pem))
-    _write_key(creds.serving_key, serving_key)
-    creds.admin_cert.write_bytes(admin.public_bytes(pem))
-    _write_key(creds.admin_key, admin_key)
     _write_key(creds.sa_signing_key, sa_key)
     creds.sa_public_key.write_bytes(
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -166,17 +188,13 @@ def issue_leaf(
     ca_key = serialization.load_pem_private_key(creds.ca_key.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     ca = x509.load_pem_x509_certificate(creds.ca_cert.read_bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = _issue(
-        _name(common_name, organization),
-        key.public_key(),
-        ca.subject,
+    return write_leaf(
+        folder,
+        name,
+        ca,
         ca_key,
-        usage=ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH,
-        sans=[x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses] or None,
+        common_name=common_name,
+        organization=organization,
+        server=server,
+        ip_addresses=ip_addresses,
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key_path, key)
-    return cert_path, key_path

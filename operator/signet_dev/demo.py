@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -35,7 +31,6 @@ CRDS = ROOT / "crds"
 QUICKSTART = ROOT / "examples" / "quickstart"
 KEY_RING, KEY, ALGORITHM = "demo", "ca", "EC_SIGN_P256_SHA256"
 """Must match the keyVersion in examples/*/: projects/signet-dev/.../keyRings/demo/cryptoKeys/ca."""
-CRD_NAMES = ("certificates.signet.dev", "issuers.signet.dev", "clusterissuers.signet.dev")
 SUMMARY_LABELS = {
     "Subject",
     "SPIFFE ID",
@@ -75,96 +70,6 @@ class Progress:
 
     def note(self, text: str) -> None:
         print(f"    {text}", file=self.out, flush=True)
-
-
-def _die_with_parent() -> None:
-    """Between fork and exec: the operator must not outlive a demo that was SIGKILLed."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    from signet_dev.controlplane import free_port
-
-    return free_port()
-
-
-@dataclass
-class Operator:
-    """``signet run`` as a child process, like a pod: stopped with SIGTERM, log in a file."""
-
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @classmethod
-    def start(
-        cls, kubeconfig: Path, kms_address: str, workdir: Path, timeout: float = 60
-    ) -> Operator:
-        metrics_port = _free_port()
-        log = workdir / "operator.log"
-        command = [
-            sys.executable,
-            "-m",
-            "signet.cli",
-            "run",
-            f"--kubeconfig={kubeconfig}",
-            f"--kms-emulator={kms_address}",
-            f"--metrics-port={metrics_port}",
-            "--health-port=0",
-            "--log-format=text",
-            f"--audit-log={workdir / 'audit.jsonl'}",
-        ]
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,  # Ctrl-C reaches the demo, which stops it in order
-                preexec_fn=_die_with_parent,
-            )
-        operator = cls(process, log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise DemoError(f"the operator exited:\n{operator.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1):
-                    return operator
-            except OSError:
-                time.sleep(0.1)
-        operator.stop()
-        raise DemoError(f"the operator did not start in {timeout:.0f}s:\n{operator.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def kubectl(bin_dir: Path, kubeconfig: Path, *args: str) -> str:
-    """Run the Go-built kubectl; failures carry its stderr."""
-    result = subprocess.run(
-        [str(bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise DemoError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout
 
 
 def _ready(obj: dict[str, Any]) -> dict[str, Any]:
@@ -246,6 +151,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def run(once: bool, out: TextIO = sys.stdout, ready_timeout: float = 90.0) -> int:
     from signet_dev import ControlPlaneError, LocalControlPlane, tools_bin
+    from signet_dev.operator import OperatorProcess
 
     progress = Progress(out)
     try:
@@ -264,9 +170,8 @@ def run(once: bool, out: TextIO = sys.stdout, ready_timeout: float = 90.0) -> in
         print(f"error: {CRDS} or {QUICKSTART} missing: run from a checkout", file=sys.stderr)
         return 2
 
-    import kubernetes
-
     from signet.kms.emulator import serve
+    from signet_dev.kube import KubeClient
 
     with contextlib.ExitStack() as stack:
         progress.step("Starting etcd, kube-apiserver and kube-controller-manager on loopback")
@@ -282,40 +187,39 @@ def run(once: bool, out: TextIO = sys.stdout, ready_timeout: float = 90.0) -> in
         progress.note(f"{emulator.address}: key {version.name} ({ALGORITHM})")
 
         progress.step("Applying the CRDs")
-        kubectl(bin_dir, kubeconfig, "apply", "--server-side", "-f", str(CRDS))
-        for crd in CRD_NAMES:
-            kubectl(
-                bin_dir, kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-                f"crd/{crd}",
-            )  # fmt: skip
+        kube = KubeClient(kubeconfig)
+        stack.callback(kube.close)
+        kube.apply_crds(CRDS)
 
         progress.step("Starting the operator (signet run)")
-        operator = Operator.start(kubeconfig, emulator.address, plane.workdir)
+        operator = OperatorProcess(
+            kubeconfig,
+            emulator.address,
+            plane.workdir,
+            log_format="text",
+            health=False,
+            detach=True,  # Ctrl-C reaches the demo, which stops it in order
+            stop_timeout=20,
+        )
         stack.callback(operator.stop)
+        operator.start()
         progress.note(f"log: {operator.log}")
 
-        def alive() -> None:
-            if operator.process.poll() is not None:
-                raise DemoError(f"the operator exited:\n{operator.log_tail()}")
-
         progress.step(f"Applying {QUICKSTART.relative_to(ROOT)}")
-        for line in kubectl(bin_dir, kubeconfig, "apply", "-f", str(QUICKSTART)).splitlines():
+        for line in kube.kubectl("apply", "-f", str(QUICKSTART)).stdout.splitlines():
             progress.note(line)
 
         progress.step("Waiting for every Certificate to be Ready")
-        api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-        stack.callback(api.close)
-        core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
         try:
-            certificates = wait_ready(custom, progress, ready_timeout, alive)
+            certificates = wait_ready(kube.custom, progress, ready_timeout, operator.check_alive)
         except DemoError as error:
             raise DemoError(f"{error}\n--- operator log ---\n{operator.log_tail()}") from None
 
         progress.step("Done")
         print("\n$ kubectl get certificates,issuers -A\n", file=out)
-        print(kubectl(bin_dir, kubeconfig, "get", "certificates,issuers", "-A"), file=out)
+        print(kube.kubectl("get", "certificates,issuers", "-A").stdout, file=out)
         print("What was issued (signet inspect SECRET -n NAMESPACE shows everything):\n", file=out)
-        print(summary(core, api, certificates), file=out, flush=True)
+        print(summary(kube.core, kube.api, certificates), file=out, flush=True)
         if once:
             return 0
 
@@ -332,7 +236,7 @@ def run(once: bool, out: TextIO = sys.stdout, ready_timeout: float = 90.0) -> in
         )
         stop = threading.Event()
         while not stop.wait(1.0):
-            alive()
+            operator.check_alive()
     return 0
 
 
@@ -347,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     # we spawn kubectl and the operator, which never use gRPC state inherited by fork.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from signet_dev import ControlPlaneError
+    from signet_dev.kube import KubectlError
+    from signet_dev.operator import OperatorError
 
     try:
         with _sigterm_as_interrupt():
@@ -354,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nStopped; everything the demo started has been cleaned up.", file=sys.stderr)
         return 0 if not args.once else 130
-    except (DemoError, ControlPlaneError, OSError) as error:
+    except (DemoError, ControlPlaneError, KubectlError, OperatorError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import signal
-import ssl
 import subprocess
 import tarfile
 import time
@@ -50,9 +49,9 @@ from signet_dev import credentials, kubeconfig
 from signet_dev.controlplane import (
     ControlPlaneError,
     _Child,
-    _die_with_parent,
     _terminate,
     free_port,
+    spawn,
 )
 
 NODE_NAME = "signet-node"
@@ -365,8 +364,7 @@ disabled_plugins = [
         )
 
     def _wait_ready(self, deadline: float) -> None:
-        context = ssl.create_default_context(cafile=str(self.creds.ca_cert))
-        context.load_cert_chain(str(self.creds.admin_cert), str(self.creds.admin_key))
+        context = self.creds.admin_context()
         kubelet = next(c for c in self._children if c.name == "kubelet")
         last = "not registered"
         while time.monotonic() < deadline:
@@ -395,16 +393,7 @@ disabled_plugins = [
 
     def _spawn(self, name: str, command: list[str]) -> _Child:
         log = self.workdir / f"{name}.log"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        child = _Child(name, process, log)
+        child = _Child(name, spawn(command, log), log)
         self._children.append(child)
         return child
 

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from typing import Any
 
 Permission = tuple[str, str, str]
+NamedPermission = tuple[str, str, str, str]
+"""(apiGroup, resource, verb, resourceName)."""
 
 
 def triples(
@@ -24,6 +26,11 @@ CLUSTER_ALWAYS = (
     | triples(["signet.dev"], ["clusterissuers/status"], STATUS)
     | triples([""], ["namespaces"], READ)
     | triples(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"])
+    | triples(
+        ["certificates.k8s.io"],
+        ["clustertrustbundles"],
+        ("get", "list", "watch", "create", "update", "patch"),
+    )
 )
 """Cluster-wide in every mode."""
 
@@ -34,6 +41,8 @@ NAMESPACED = (
     | triples(["signet.dev"], ["certificates/status", "issuers/status"], STATUS)
     | triples([""], ["secrets"], ("get", "list", "watch", "create", "update", "patch"))
     | triples([""], ["configmaps"], ("get", "create", "update", "patch"))
+    | triples(["certificates.k8s.io"], ["podcertificaterequests"], READ)
+    | triples(["certificates.k8s.io"], ["podcertificaterequests/status"], ("update", "patch"))
     | EVENTS
 )
 """Per served namespace (cluster-wide when watchNamespaces is empty)."""
@@ -41,15 +50,51 @@ NAMESPACED = (
 HOME = triples([""], ["secrets"], ["get"]) | EVENTS
 """The release namespace when it is not served: ClusterIssuer CA Secrets and their events."""
 
+SIGNER_NAMES = ("issuers.signet.dev/*", "clusterissuers.signet.dev/*")
+SIGNERS: set[NamedPermission] = {
+    ("certificates.k8s.io", "signers", verb, name)
+    for verb in ("sign", "attest")
+    for name in SIGNER_NAMES
+}
+"""Cluster-wide in every mode: answer PodCertificateRequests, attest ClusterTrustBundles,
+for Signet's own signer domains only."""
+NOT_SIGNERS: set[NamedPermission] = {
+    ("certificates.k8s.io", "signers", verb, name)
+    for verb in ("sign", "attest", "approve")
+    for name in ("kubernetes.io/*", "example.com/*", "issuers.signet.dev/ns.ca")
+} | {("certificates.k8s.io", "signers", "approve", name) for name in SIGNER_NAMES}
+"""Signer grants Signet never has: other domains, approving (a CSR concept), and a single
+signer's name, which RBAC matches literally (the apiserver's signer check tries the
+name and then its ``<domain>/*`` wildcard)."""
+
 CLUSTER_PEERING = triples(["kopf.dev"], ["clusterkopfpeerings"], PEERING)
 NAMESPACED_PEERING = triples(["kopf.dev"], ["kopfpeerings"], PEERING)
 
 
+def named_grants(rules: list[dict[str, Any]]) -> set[NamedPermission]:
+    """The rules that name resources (only signers may), flattened."""
+    found: set[NamedPermission] = set()
+    for rule in rules:
+        if "resourceNames" in rule:
+            assert rule["resources"] == ["signers"], rule
+            found |= {
+                (g, r, v, n)
+                for g in rule["apiGroups"]
+                for r in rule["resources"]
+                for v in rule["verbs"]
+                for n in rule["resourceNames"]
+            }
+    return found
+
+
 def rule_triples(rules: list[dict[str, Any]]) -> set[Permission]:
-    """Flatten a (Cluster)Role's rules; wildcards are refused outright."""
+    """Flatten a (Cluster)Role's rules without resource names (see `named_grants`);
+    wildcards are refused outright."""
     found: set[Permission] = set()
     for rule in rules:
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule, rule
+        assert "nonResourceURLs" not in rule, rule
+        if "resourceNames" in rule:
+            continue
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"wildcard in {rule}"
         found |= triples(rule["apiGroups"], rule["resources"], rule["verbs"])
@@ -63,7 +108,11 @@ __all__ = [
     "HOME",
     "NAMESPACED",
     "NAMESPACED_PEERING",
+    "NOT_SIGNERS",
+    "SIGNERS",
+    "NamedPermission",
     "Permission",
+    "named_grants",
     "rule_triples",
     "triples",
 ]

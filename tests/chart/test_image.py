@@ -60,8 +60,11 @@ def test_build_stage_installs_a_working_signet_into_a_fresh_virtualenv(tmp_path:
             for source in sources:
                 path = ROOT / source.rstrip("/")
                 if path.is_dir():
+                    # As .dockerignore has it: development-only code stays out of the image.
                     shutil.copytree(
-                        path, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+                        path,
+                        target,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "signet_dev"),
                     )
                 else:
                     target.mkdir(parents=True, exist_ok=True)
@@ -84,8 +87,9 @@ def test_build_stage_installs_a_working_signet_into_a_fresh_virtualenv(tmp_path:
     help_text = subprocess.run(
         [str(signet), "--help"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
-    for command in ("run", "cluster", "kms-emulator"):
+    for command in ("run", "audit", "kms-emulator"):
         assert command in help_text
+    assert "cluster" not in help_text  # development-only: python -m signet_dev
     run_help = subprocess.run(
         [str(signet), "run", "--help"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
@@ -108,3 +112,7 @@ def test_build_stage_installs_a_working_signet_into_a_fresh_virtualenv(tmp_path:
     got = {p.relative_to(installed_package) for p in installed_package.rglob("*.py")}
     assert wanted <= got, f"missing from the wheel: {sorted(map(str, wanted - got))}"
     assert (installed_package / "py.typed").exists()
+    dev = subprocess.run(
+        [str(python), "-c", "import signet_dev"], capture_output=True, cwd=tmp_path, check=False
+    )
+    assert dev.returncode != 0, "development-only code made it into the image"

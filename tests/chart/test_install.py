@@ -24,6 +24,9 @@ from tests.chart.rbac import (
     HOME,
     NAMESPACED,
     NAMESPACED_PEERING,
+    NOT_SIGNERS,
+    SIGNERS,
+    NamedPermission,
     Permission,
     triples,
 )
@@ -39,6 +42,7 @@ CLUSTER_SCOPED = {
     "customresourcedefinitions",
     "clusterissuers",
     "clusterkopfpeerings",
+    "clustertrustbundles",
 }
 
 DENIED_ELSEWHERE: set[Permission] = (
@@ -108,6 +112,36 @@ def run_checks(kube: Kube, kubeconfig: Path, checks: list[Check]) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         failures = [f for f in pool.map(ask, checks) if f]
     assert not failures, "\n".join(failures)
+
+
+def check_signers(kube: Kube, kubeconfig: Path) -> None:
+    """Signer grants, asked with SelfSubjectAccessReviews: `kubectl auth can-i` cannot name
+    a resource whose name has slashes, as signer names do."""
+
+    def allowed(permission: NamedPermission) -> bool:
+        group, resource, verb, name = permission
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "group": group,
+                    "resource": resource,
+                    "verb": verb,
+                    "name": name,
+                }
+            },
+        }
+        result = kube.kubectl(
+            "create", "--validate=false", "-f", "-", "-o", "json",
+            input=json.dumps(review),
+            kubeconfig_path=kubeconfig,
+        )  # fmt: skip
+        return bool(json.loads(result.stdout)["status"].get("allowed"))
+
+    wrong = [f"{p}: no, expected yes" for p in sorted(SIGNERS) if not allowed(p)]
+    wrong += [f"{p}: yes, expected no" for p in sorted(NOT_SIGNERS) if allowed(p)]
+    assert not wrong, "\n".join(wrong)
 
 
 def wait_until_authorized(kube: Kube, kubeconfig: Path, check: Check) -> None:
@@ -227,6 +261,7 @@ def test_install_grants_least_privilege_then_upgrade_and_uninstall(
         + matrix(scoped(everything, cluster=True), None, denied_extra=CLUSTER_PEERING)
         + [Check(("", "secrets", "list"), None, True), Check(("", "pods", "list"), None, False)],
     )
+    check_signers(kube, token)
 
     # Upgrade: serve one namespace only, with peering and two replicas.
     helm(
@@ -265,6 +300,7 @@ def test_install_grants_least_privilege_then_upgrade_and_uninstall(
         + matrix(HOME, namespace)
         + [Check(("", "configmaps", "get"), namespace, False)],
     )
+    check_signers(kube, token)
 
     helm("uninstall", release, "-n", namespace, kubeconfig=kube.kubeconfig)
     for name in (*SIGNET_CRDS, *PEERING_CRDS):

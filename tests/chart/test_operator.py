@@ -22,11 +22,20 @@ import pytest
 
 from signet.api import GROUP, VERSION
 from signet.controller.trust import configmap_name
+from signet.controller.trustbundles import bundle_name
 from signet.kms.emulator import EmulatorServer
 from signet_dev.controlplane import free_port
 from tests.chart.helm import CHART, helm
 from tests.kms_fixtures import KeyFactory
 from tests.kube import Kube, eventually
+from tests.podcerts.requests import (
+    answer,
+    create_node,
+    create_pod,
+    create_request,
+    generate_key,
+    wait_answered,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -125,6 +134,7 @@ def test_signet_run_as_the_chart_service_account_issues_a_certificate(
                 "spec": {
                     "kms": {"cloudKMS": {"keyVersion": key_version}},
                     "x509": {"selfSigned": {}},
+                    "podCertificates": {"enabled": True},
                 },
             },
         )  # fmt: skip
@@ -156,6 +166,27 @@ def test_signet_run_as_the_chart_service_account_issues_a_certificate(
             lambda: kube.core.read_namespaced_config_map(bundle, other_namespace),
             timeout=15,
             what=f"ConfigMap {bundle}",
+        )
+        # Pod certificates: a PodCertificateRequest answered through its status (sign) and
+        # the signer-linked ClusterTrustBundle (attest) work with the chart's grants.
+        signer = f"issuers.signet.dev/{other_namespace}.ca"
+        node = create_node(kube)
+        try:
+            pod = create_pod(kube, other_namespace, node["metadata"]["name"], "app", [signer])
+            request = create_request(kube, pod, node, signer, generate_key("ECDSAP256"))
+            answered = wait_answered(kube, other_namespace, request)
+            assert (answer(answered) or {}).get("type") == "Issued", answered.get("status")
+        finally:
+            kube.core.delete_node(node["metadata"]["name"])
+        eventually(
+            lambda: kube.custom.get_cluster_custom_object(
+                "certificates.k8s.io",
+                "v1",
+                "clustertrustbundles",
+                bundle_name(("Issuer", other_namespace, "ca")),
+            ),
+            timeout=15,
+            what="the issuer's ClusterTrustBundle",
         )
         time.sleep(1)  # let any trailing request (events) fail loudly if it must
         logged = log.read_text()

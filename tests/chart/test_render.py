@@ -31,6 +31,8 @@ from tests.chart.rbac import (
     HOME,
     NAMESPACED,
     NAMESPACED_PEERING,
+    SIGNERS,
+    named_grants,
     rule_triples,
 )
 
@@ -268,8 +270,7 @@ def test_rendered_command_line_is_accepted_by_signet_run(values: dict[str, Any])
         assert parsed.max_concurrent_signs == 8
         assert parsed.max_concurrent_issuances == 16
     else:
-        assert parsed.all_namespaces is True
-        assert parsed.namespace == []
+        assert parsed.namespace == []  # every namespace
         assert parsed.peering is None
         assert parsed.log_format == "json"
 
@@ -280,6 +281,7 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_needs(peering: bool) -> 
     role = one(manifests, "ClusterRole")
     expected = CLUSTER_ALWAYS | NAMESPACED | (CLUSTER_PEERING if peering else set())
     assert rule_triples(role["rules"]) == expected
+    assert named_grants(role["rules"]) == SIGNERS
     assert find(manifests, "Role") == [] and find(manifests, "RoleBinding") == []
     binding = one(manifests, "ClusterRoleBinding")
     assert binding["roleRef"] == {
@@ -301,6 +303,7 @@ def test_watch_namespaces_rbac_keeps_only_cluster_scoped_rules_cluster_wide(
         namespace="signet-system",
     )
     assert rule_triples(one(manifests, "ClusterRole")["rules"]) == CLUSTER_ALWAYS
+    assert named_grants(one(manifests, "ClusterRole")["rules"]) == SIGNERS
     roles = {
         (r["metadata"]["namespace"], r["metadata"]["name"]): r for r in find(manifests, "Role")
     }

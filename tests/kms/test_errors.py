@@ -212,8 +212,7 @@ def test_non_retryable_codes_fail_after_one_attempt(
     kms_counters: Counters,
 ) -> None:
     version = kms_key_factory(P256)
-    signer = kms_runner.signer(version, retry=RetryPolicy(deadline=5))
-    kms_runner.run(signer.public_key())
+    signer = kms_runner.warm_signer(version, retry=RetryPolicy(deadline=5))
     kms_faults.fail_next(1, code)
     with pytest.raises(error) as info:
         kms_runner.run(signer.sign(b"x"))

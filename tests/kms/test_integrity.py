@@ -29,12 +29,11 @@ def test_bad_sign_response_is_retried_then_rejected(
 ) -> None:
     version = kms_key_factory(P256)
     seen: list[SignObservation] = []
-    signer = kms_runner.signer(
+    signer = kms_runner.warm_signer(
         version,
         retry=RetryPolicy(max_integrity_retries=2, initial_backoff=0.01),
         observe=seen.append,
     )
-    kms_runner.run(signer.public_key())
     setattr(kms_faults, fault, True)
 
     with pytest.raises(KmsIntegrityError, match=message) as info:
@@ -54,8 +53,7 @@ def test_wrong_resource_name_is_not_retried(
     kms_key_factory: KeyFactory, kms_runner: KmsRunner, kms_faults: Faults, kms_counters: Counters
 ) -> None:
     version = kms_key_factory(P256)
-    signer = kms_runner.signer(version)
-    kms_runner.run(signer.public_key())
+    signer = kms_runner.warm_signer(version)
     kms_faults.wrong_response_name = True
     with pytest.raises(KmsIntegrityError, match="cryptoKeyVersions/1001"):
         kms_runner.run(signer.sign(b"tbs"))

@@ -42,8 +42,7 @@ def test_transient_errors_are_retried_to_one_success(
 ) -> None:
     version = kms_key_factory(P256)
     seen: list[SignObservation] = []
-    signer = kms_runner.signer(version, retry=FAST, observe=seen.append)
-    kms_runner.run(signer.public_key())
+    signer = kms_runner.warm_signer(version, retry=FAST, observe=seen.append)
     kms_faults.fail_next(3, code)
 
     assert kms_runner.run(signer.sign(b"tbs"))
@@ -58,10 +57,9 @@ def test_unavailable_until_deadline_names_the_key_version(
     kms_key_factory: KeyFactory, kms_runner: KmsRunner, kms_faults: Faults, kms_counters: Counters
 ) -> None:
     version = kms_key_factory(P256)
-    signer = kms_runner.signer(
+    signer = kms_runner.warm_signer(
         version, retry=RetryPolicy(deadline=1.0, attempt_timeout=0.25, initial_backoff=0.05)
     )
-    kms_runner.run(signer.public_key())
     kms_faults.latency_s = 0.6  # every attempt outlives its 0.25 s timeout
 
     with pytest.raises(KmsUnavailable) as info:
@@ -78,8 +76,7 @@ def test_quota_exhaustion_is_absorbed_by_retries(
     kms_key_factory: KeyFactory, kms_runner: KmsRunner, kms_faults: Faults, kms_counters: Counters
 ) -> None:
     version = kms_key_factory(P256)
-    signer = kms_runner.signer(version, retry=FAST)
-    kms_runner.run(signer.public_key())
+    signer = kms_runner.warm_signer(version, retry=FAST)
     kms_faults.sign_qps = 8
 
     signatures = kms_runner.run(_sign_many(signer.sign, 16))
@@ -93,8 +90,7 @@ def test_persistent_quota_exhaustion_reports_quota(
     kms_key_factory: KeyFactory, kms_runner: KmsRunner, kms_faults: Faults
 ) -> None:
     version = kms_key_factory(P256)
-    signer = kms_runner.signer(version, retry=RetryPolicy(deadline=0.5, initial_backoff=0.05))
-    kms_runner.run(signer.public_key())
+    signer = kms_runner.warm_signer(version, retry=RetryPolicy(deadline=0.5, initial_backoff=0.05))
     kms_faults.fail_next(1000, grpc.StatusCode.RESOURCE_EXHAUSTED)
     with pytest.raises(KmsQuotaExceeded, match="RESOURCE_EXHAUSTED") as info:
         kms_runner.run(signer.sign(b"tbs"))
@@ -109,10 +105,9 @@ def test_quota_stays_the_reason_when_the_deadline_cuts_the_last_attempt(
     still read "quota", the failure that kept us retrying, not "KMS unavailable"."""
     version = kms_key_factory(P256)
     seen: list[SignObservation] = []
-    signer = kms_runner.signer(
+    signer = kms_runner.warm_signer(
         version, retry=RetryPolicy(deadline=1.2, initial_backoff=0.05), observe=seen.append
     )
-    kms_runner.run(signer.public_key())
     kms_faults.latency_s = 0.4
     kms_faults.fail_next(1000, grpc.StatusCode.RESOURCE_EXHAUSTED)
     with pytest.raises(KmsQuotaExceeded, match="last error RESOURCE_EXHAUSTED") as info:
@@ -145,8 +140,7 @@ def test_rate_limit_is_respected(
     kms_key_factory: KeyFactory, kms_runner: KmsRunner, kms_counters: Counters
 ) -> None:
     version = kms_key_factory(P256)
-    signer = kms_runner.signer(version, limiter=kms_runner.limiter(rate=25, burst=5))
-    kms_runner.run(signer.public_key())
+    signer = kms_runner.warm_signer(version, limiter=kms_runner.limiter(rate=25, burst=5))
 
     kms_runner.run(_sign_many(signer.sign, 30))
 

@@ -87,8 +87,7 @@ def test_signer_refuses_a_second_event_loop(
 ) -> None:
     import asyncio
 
-    signer = kms_runner.signer(kms_key_factory("EC_SIGN_P256_SHA256"))
-    kms_runner.run(signer.public_key())
+    signer = kms_runner.warm_signer(kms_key_factory("EC_SIGN_P256_SHA256"))
     with pytest.raises(RuntimeError, match="bound to another event loop"):
         asyncio.run(signer.sign(b"x"))
 

@@ -1,103 +1,28 @@
-"""Run the real operator (`signet run`) as a child process against the test cluster.
+"""Run the real operator (`signet run`) as a child process against the test cluster, and
+read what it did (conditions, Secrets, audit records).
 
-A subprocess rather than an in-process kopf loop: it is what users run, its log can be
-grepped for key material, and it can be killed and restarted like a pod.
+The launcher itself is ``signet_dev.operator``, shared with the benchmarks and the demo.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+import signet_dev.operator
 from signet.api import GROUP, VERSION
-from signet_dev.controlplane import free_port
 from tests.kube import Kube, eventually
 
 
 @dataclass
-class OperatorProcess:
-    kubeconfig: Path
-    kms_address: str
-    folder: Path
-    extra_args: list[str] = field(default_factory=list)
-    process: subprocess.Popen[bytes] | None = None
-    metrics_port: int = 0
-    health_port: int = 0
-    starts: int = 0
+class OperatorProcess(signet_dev.operator.OperatorProcess):
+    """The tests' operator: JSON log appended across restarts, an audit file to check, a
+    short KMS deadline so that KMS faults show within a test's patience."""
 
-    @property
-    def log(self) -> Path:
-        return self.folder / "operator.log"
-
-    @property
-    def audit_log(self) -> Path:
-        return self.folder / "audit.jsonl"
-
-    def start(self, timeout: float = 60) -> None:
-        self.metrics_port, self.health_port = free_port(), free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "signet.cli",
-            "run",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--kms-emulator={self.kms_address}",
-            f"--metrics-port={self.metrics_port}",
-            f"--health-port={self.health_port}",
-            f"--audit-log={self.audit_log}",
-            "--log-format=json",
-            "--kms-deadline=3",
-            *self.extra_args,
-        ]
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self.starts += 1
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"operator exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1
-                ):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"operator not ready:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as r:
-            text: str = r.read().decode()
-            return text
+    kms_deadline: float | None = 3
 
     def audit_all(self) -> list[dict[str, Any]]:
         """Every record of the audit file, in order."""
@@ -113,6 +38,18 @@ class OperatorProcess:
             if r.get("kind") == kind
             and (kind != "signet.dev/signature" or r.get("purpose") == "certificate")
         ]
+
+
+def in_namespace(value: Any, namespace: str) -> Any:
+    """``value`` (a spec, or any part of one) with every ``{ns}`` replaced by ``namespace``:
+    test tables name the per-test namespace before it exists."""
+    if isinstance(value, str):
+        return value.replace("{ns}", namespace)
+    if isinstance(value, list):
+        return [in_namespace(v, namespace) for v in value]
+    if isinstance(value, dict):
+        return {k: in_namespace(v, namespace) for k, v in value.items()}
+    return value
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from tests.kube import Kube, wait_event
 from tests.operator.harness import (
     certificate_manifest,
     condition,
+    in_namespace,
     issuer_manifest,
     wait_condition,
     wait_issuer_ready,
@@ -68,7 +69,7 @@ def test_denials_name_the_value_and_the_rule(
     reason: str,
     message: str,
 ) -> None:
-    spec = _format(spec, namespace)
+    spec = in_namespace(spec, namespace)
     crds.apply(certificate_manifest("thief", namespace, "ca", **spec))
     denied = wait_condition(crds, namespace, "thief", status="False", reason=reason)
     assert message.replace("{ns}", namespace) in condition(denied, "Ready")["message"]
@@ -76,16 +77,6 @@ def test_denials_name_the_value_and_the_rule(
         s.metadata.name for s in crds.core.list_namespaced_secret(namespace).items
     ]
     wait_event(crds, namespace, "thief", reason, type="Warning")
-
-
-def _format(value: Any, namespace: str) -> Any:
-    if isinstance(value, str):
-        return value.replace("{ns}", namespace)
-    if isinstance(value, list):
-        return [_format(v, namespace) for v in value]
-    if isinstance(value, dict):
-        return {k: _format(v, namespace) for k, v in value.items()}
-    return value
 
 
 def test_issuer_ref_cannot_cross_namespaces(

@@ -27,6 +27,7 @@ from tests.operator.harness import (
     OperatorProcess,
     certificate_manifest,
     condition,
+    get_certificate,
     issuer_manifest,
     wait_issuer_ready,
 )
@@ -34,7 +35,11 @@ from tests.operator.harness import (
 Obj = dict[str, Any]
 KMS_DEADLINE_S = 3.0
 """The harness runs the operator with ``--kms-deadline=3``."""
+RETRY_BASE_S = 2.0
+"""The operator's first retry delay after a failed attempt; it doubles with each one."""
 RETRY_CAP_S = 300.0
+WORKERS = 32
+"""The operator's default --max-concurrent-issuances: passes (and KMS attempts) at once."""
 
 
 KeyFactory = Callable[..., str]
@@ -127,6 +132,36 @@ def wait_all(
     except AssertionError as error:
         sample = dict(list(stragglers.items())[:3])
         raise AssertionError(f"{error}; {len(stragglers)} not there, e.g. {sample}") from None
+    return result
+
+
+def wait_reissued(
+    kube: Kube, namespace: str, name: str, old_serial: str, *, timeout: float, what: str
+) -> Obj:
+    """Wait until Certificate ``name`` is Ready for its current generation with a serial
+    other than ``old_serial`` in its status, and its Secret holds that same serial; returns
+    the Certificate. Signet writes the Secret first and the status after it, so a reader in
+    between sees the new Secret under the old status: waiting for the Secret alone is not
+    waiting for the re-issue."""
+    seen: dict[str, Any] = {}
+
+    def check() -> Obj | None:
+        obj = get_certificate(kube, namespace, name)
+        serial = (obj.get("status") or {}).get("serialNumber")
+        secret = kube.core.read_namespaced_secret(obj["spec"]["secretName"], namespace).metadata
+        seen.update(
+            status_serial=serial,
+            secret_serial=((secret and secret.annotations) or {}).get(layout.SERIAL),
+            ready=condition(obj, "Ready"),
+        )
+        if not is_current(obj, "True") or serial in (None, old_serial):
+            return None
+        return obj if seen["secret_serial"] == serial else None
+
+    try:
+        result: Obj = poll(check, timeout=timeout, what=what)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last seen {seen}") from None
     return result
 
 

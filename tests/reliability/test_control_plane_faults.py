@@ -16,6 +16,7 @@ from signet.kms.emulator import Counters, EmulatorServer
 from signet_dev import LocalControlPlane
 from tests.kube import Kube
 from tests.operator.harness import OperatorProcess
+from tests.reliability.batch import begin_batch
 from tests.reliability.conftest import Recorder
 from tests.reliability.helpers import (
     KeyFactory,
@@ -85,10 +86,10 @@ def test_apiserver_restarted_twice_mid_batch(
     record: Recorder,
 ) -> None:
     plane = _plane(crds)
-    key_version = fresh_issuer(crds, namespace, kms_key_factory)
-    base = kms_counters.count("AsymmetricSign", key_version, "OK")
-    names = [f"a{i:02d}" for i in range(60)]
-    create_certificates(crds, namespace, "ca", names, privateKey=SLOW_KEY)
+    batch = begin_batch(
+        crds, namespace, kms_key_factory, kms_counters, "a", 60, privateKey=SLOW_KEY
+    )
+    names, key_version = batch.names, batch.key_version
     pending = []
     start = time.monotonic()
     for restart, issued in enumerate((3, 20)):
@@ -103,7 +104,7 @@ def test_apiserver_restarted_twice_mid_batch(
     wait_all(crds, namespace, names, timeout=180)
     recovery = time.monotonic() - start
     assert signet_operator.process is not None and signet_operator.process.poll() is None
-    signs = kms_counters.count("AsymmetricSign", key_version, "OK") - base
+    signs = batch.signatures()
     _check_once_each(crds, namespace, names, signet_operator, kms_emulator, key_version, signs)
     record(
         f"kube-apiserver restarted twice mid-batch ({len(names)} RSA Certificates)",
@@ -130,10 +131,10 @@ def test_control_plane_frozen_mid_batch(
     prefix: str,
 ) -> None:
     plane = _plane(crds)
-    key_version = fresh_issuer(crds, namespace, kms_key_factory)
-    base = kms_counters.count("AsymmetricSign", key_version, "OK")
-    names = [f"{prefix}{i:02d}" for i in range(30)]
-    create_certificates(crds, namespace, "ca", names, privateKey=SLOW_KEY)
+    batch = begin_batch(
+        crds, namespace, kms_key_factory, kms_counters, prefix, 30, privateKey=SLOW_KEY
+    )
+    names, key_version = batch.names, batch.key_version
     poll(lambda: issued_count(crds, namespace) >= 3, timeout=60, what="first issuances")
     pending = len(names) - issued_count(crds, namespace)
     # While etcd or the apiserver is stopped no write can land, so every Certificate
@@ -147,7 +148,7 @@ def test_control_plane_frozen_mid_batch(
     pending_after = len(names) - issued_count(crds, namespace)
     wait_all(crds, namespace, names, timeout=120)
     recovery = time.monotonic() - start
-    signs = kms_counters.count("AsymmetricSign", key_version, "OK") - base
+    signs = batch.signatures()
     _check_once_each(crds, namespace, names, signet_operator, kms_emulator, key_version, signs)
     record(
         f"{component} SIGSTOP {seconds}s mid-batch (30 Certificates)",

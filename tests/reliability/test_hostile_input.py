@@ -30,16 +30,23 @@ from tests.operator.harness import (
     OperatorProcess,
     condition,
     get_certificate,
+    in_namespace,
     issuer_manifest,
     wait_condition,
     wait_issuer_ready,
 )
 from tests.reliability.conftest import Recorder
-from tests.reliability.helpers import delete_namespace, metric, poll, rss_kib, secret_snapshot
+from tests.reliability.helpers import (
+    KeyFactory,
+    delete_namespace,
+    metric,
+    poll,
+    rss_kib,
+    secret_snapshot,
+)
 
 pytestmark = pytest.mark.cluster
 
-KeyFactory = Callable[..., str]
 DROP = object()
 """A spec value meaning "leave this field out"."""
 MB10 = 10 * 1024 * 1024
@@ -74,29 +81,19 @@ class Case:
 
 
 def x509(**fields: Any) -> Callable[[str], dict[str, Any]]:
-    return lambda ns: {"x509": {k: _fill(v, ns) for k, v in fields.items()}}
+    return lambda ns: {"x509": {k: in_namespace(v, ns) for k, v in fields.items()}}
 
 
 def ssh(**fields: Any) -> Callable[[str], dict[str, Any]]:
-    return lambda ns: {"ssh": {k: _fill(v, ns) for k, v in fields.items()}}
+    return lambda ns: {"ssh": {k: in_namespace(v, ns) for k, v in fields.items()}}
 
 
 def spec(**fields: Any) -> Callable[[str], dict[str, Any]]:
     """Top-level spec fields; an X.509 request for a legal name unless given."""
     return lambda ns: {
         "x509": {"dnsNames": [f"legal.{ns}.svc"]},
-        **{k: _fill(v, ns) for k, v in fields.items()},
+        **{k: in_namespace(v, ns) for k, v in fields.items()},
     }
-
-
-def _fill(value: Any, ns: str) -> Any:
-    if isinstance(value, str):
-        return value.replace("{ns}", ns)
-    if isinstance(value, list):
-        return [_fill(v, ns) for v in value]
-    if isinstance(value, dict):
-        return {k: _fill(v, ns) for k, v in value.items()}
-    return value
 
 
 PATTERN = "should match"

@@ -5,7 +5,7 @@ Secret, no signature), and every denial names the refused value and the rule."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import kubernetes
@@ -22,11 +22,9 @@ from tests.operator.harness import (
     wait_issuer_ready,
 )
 from tests.reliability.conftest import Recorder
-from tests.reliability.helpers import audit_counts, delete_namespace
+from tests.reliability.helpers import KeyFactory, audit_counts, delete_namespace
 
 pytestmark = pytest.mark.cluster
-
-KeyFactory = Callable[..., str]
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 from signet.kms.emulator import Counters, EmulatorServer
 from tests.kube import Kube
 from tests.operator.harness import OperatorProcess
+from tests.reliability.batch import begin_batch
 from tests.reliability.conftest import Recorder
 from tests.reliability.helpers import (
     KeyFactory,
@@ -45,10 +46,9 @@ def test_sigkill_mid_batch_then_restart(
     kms_counters: Counters,
     record: Recorder,
 ) -> None:
-    key_version = fresh_issuer(crds, namespace, kms_key_factory)
-    base = kms_counters.count("AsymmetricSign", key_version, "OK")
-    names = [f"k{i:02d}" for i in range(40)]
-    create_certificates(crds, namespace, "ca", names, privateKey={"algorithm": "RSA", "size": 2048})
+    rsa = {"algorithm": "RSA", "size": 2048}
+    batch = begin_batch(crds, namespace, kms_key_factory, kms_counters, "k", 40, privateKey=rsa)
+    names, key_version = batch.names, batch.key_version
     poll(lambda: issued_count(crds, namespace) >= 5, timeout=60, what="first issuances")
     try:
         signet_operator.stop(signal.SIGKILL)
@@ -68,7 +68,7 @@ def test_sigkill_mid_batch_then_restart(
     # exists to find exactly those: each must be reported, and no more.
     audits = audit_counts([signet_operator], namespace)
     assert all(audits[n] >= 1 for n in names), audits
-    signs = kms_counters.count("AsymmetricSign", key_version, "OK") - base
+    signs = batch.signatures()
     assert len(names) <= signs <= len(names) + MAX_IN_FLIGHT
     recorded = sum(audits[n] for n in names)
     assert kms_emulator.audit.path is not None

@@ -17,6 +17,7 @@ import pytest
 from signet.api import GROUP, VERSION
 from signet_dev import LocalControlPlane
 from tests.kube import ROOT, Kube, eventually
+from tests.operator.harness import certificate_manifest
 
 pytestmark = pytest.mark.cluster
 
@@ -134,16 +135,9 @@ def test_custom_object_round_trip_and_watch(crds: Kube, namespace: str) -> None:
 def test_schema_rejects_invalid_certificate_with_clear_message(
     crds: Kube, namespace: str, mutate: Any, message: str
 ) -> None:
-    certificate: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Certificate",
-        "metadata": {"name": "bad", "namespace": namespace},
-        "spec": {
-            "issuerRef": {"name": "a"},
-            "secretName": "bad-tls",
-            "x509": {"dnsNames": ["web.example.svc"]},
-        },
-    }
+    certificate = certificate_manifest(
+        "bad", namespace, "a", secretName="bad-tls", x509={"dnsNames": ["web.example.svc"]}
+    )
     mutate(certificate)
     result = crds.apply(certificate, check=False)
     assert result.returncode != 0
@@ -153,16 +147,9 @@ def test_schema_rejects_invalid_certificate_with_clear_message(
 
 def test_valid_certificate_accepted_with_defaults(crds: Kube, namespace: str) -> None:
     crds.apply(
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "Certificate",
-            "metadata": {"name": "good", "namespace": namespace},
-            "spec": {
-                "issuerRef": {"name": "a"},
-                "secretName": "good-tls",
-                "x509": {"dnsNames": ["a.b.svc"]},
-            },
-        }
+        certificate_manifest(
+            "good", namespace, "a", secretName="good-tls", x509={"dnsNames": ["a.b.svc"]}
+        )
     )
     got = crds.custom.get_namespaced_custom_object(
         GROUP, VERSION, namespace, "certificates", "good"

@@ -87,6 +87,12 @@ class Bed:
     def certificate(self, **spec: Any) -> None:
         self.api.put("Certificate", certificate_manifest("web", NS, "ca", **spec))
 
+    async def start(self, key_version: str, **spec: Any) -> None:
+        """A Ready Issuer on ``key_version`` and a Certificate of ``spec``: where most
+        passes begin."""
+        await self.issuer(key_version)
+        self.certificate(**spec)
+
     def watch(self, kind: str = "Certificate") -> Any:
         """Deliver the stored object as its watch event would; the ident if a pass is due."""
         body = self.api.get(kind, NS, "web" if kind == "Certificate" else "web-identity")
@@ -153,18 +159,21 @@ def bed(
     return run
 
 
+@pytest.fixture
+def key(kms_key_factory: KeyFactory) -> str:
+    """A P-256 key of this test's own, so that its signature count is this test's alone."""
+    return kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+
 def _signs(counters: Counters, key_version: str) -> int:
     return counters.count("AsymmetricSign", key_version, "OK")
 
 
 def test_first_issuance_writes_secret_bundle_status_and_two_records(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+    bed: Any, key: str, kms_counters: Counters
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
-        await bed.issuer(key)
-        bed.certificate()
+        await bed.start(key)
         assert bed.watch() == CERT
         await bed.reconcile()
         assert [m for m, _ in bed.api.writes()] == [
@@ -187,13 +196,10 @@ def test_first_issuance_writes_secret_bundle_status_and_two_records(
 
 @pytest.mark.parametrize("status", [500, 503, 429])
 def test_a_failed_secret_write_keeps_the_signature_for_the_next_pass(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters, status: int
+    bed: Any, key: str, kms_counters: Counters, status: int
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
-        await bed.issuer(key)
-        bed.certificate()
+        await bed.start(key)
         bed.api.fail("create_secret", status)
         await bed.reconcile()
         assert bed.ready() == ("False", "SecretWriteFailed")
@@ -212,15 +218,13 @@ def test_a_failed_secret_write_keeps_the_signature_for_the_next_pass(
 
 
 def test_a_refused_secret_write_backs_off_and_is_never_signed_again(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+    bed: Any, key: str, kms_counters: Counters
 ) -> None:
     """403 (RBAC) is fixed outside Kubernetes, where Signet cannot see it: the kept
     certificate is tried again on the backoff schedule, and never signed again."""
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
 
     async def scenario(bed: Bed) -> None:
-        await bed.issuer(key)
-        bed.certificate()
+        await bed.start(key)
         bed.api.fail("create_secret", 403, times=2)
         await bed.reconcile()
         assert bed.ready() == ("False", "SecretWriteFailed")
@@ -239,15 +243,13 @@ def test_a_refused_secret_write_backs_off_and_is_never_signed_again(
 
 
 def test_a_write_applied_but_answered_with_an_error_is_recognised(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+    bed: Any, key: str, kms_counters: Counters
 ) -> None:
     """The response was lost after the apiserver stored the Secret: the next pass finds
     its own certificate there and records it as written, without a second signature."""
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
 
     async def scenario(bed: Bed) -> None:
-        await bed.issuer(key)
-        bed.certificate()
+        await bed.start(key)
         bed.api.fail("create_secret", 503, applied=True)
         await bed.reconcile()
         assert bed.ready() == ("False", "SecretWriteFailed")
@@ -265,13 +267,10 @@ def test_a_write_applied_but_answered_with_an_error_is_recognised(
 
 
 def test_a_conflict_rereads_the_secret_and_writes_the_kept_certificate(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+    bed: Any, key: str, kms_counters: Counters
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
-        await bed.issuer(key)
-        bed.certificate()
+        await bed.start(key)
         await bed.reconcile()
         # Renewal requested; someone else's write lands between our read and our write.
         body = bed.api.get("Certificate", *CERT)
@@ -294,13 +293,10 @@ def test_a_conflict_rereads_the_secret_and_writes_the_kept_certificate(
 
 
 def test_a_kept_certificate_for_an_old_spec_is_discarded_and_audited(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+    bed: Any, key: str, kms_counters: Counters
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
-        await bed.issuer(key)
-        bed.certificate()
+        await bed.start(key)
         bed.api.fail("create_secret", 503)
         await bed.reconcile()
         body = bed.api.get("Certificate", *CERT)
@@ -317,11 +313,7 @@ def test_a_kept_certificate_for_an_old_spec_is_discarded_and_audited(
     assert _signs(kms_counters, key) == 3
 
 
-def test_a_missing_issuer_backs_off_and_wakes_when_it_appears(
-    bed: Any, kms_key_factory: KeyFactory
-) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
+def test_a_missing_issuer_backs_off_and_wakes_when_it_appears(bed: Any, key: str) -> None:
     async def scenario(bed: Bed) -> None:
         bed.certificate()
         delays = []
@@ -360,12 +352,9 @@ def test_an_issuer_that_is_not_ready_backs_off(bed: Any) -> None:
     bed(scenario)
 
 
-def test_no_exception_leaves_a_pass_without_a_status(bed: Any, kms_key_factory: KeyFactory) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
+def test_no_exception_leaves_a_pass_without_a_status(bed: Any, key: str) -> None:
     async def scenario(bed: Bed) -> None:
-        await bed.issuer(key)
-        bed.certificate()
+        await bed.start(key)
         bed.api.fail("get_object", 503)  # the Certificate cannot even be read
         await bed.certificates.reconcile(CERT)
         assert bed.next_look() == pytest.approx(2)
@@ -399,10 +388,8 @@ def test_an_invalid_issuer_spec_is_not_retried(bed: Any, kms_key_factory: KeyFac
 
 
 def test_a_ca_bootstrap_is_signed_once_even_when_its_status_write_fails(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+    bed: Any, key: str, kms_counters: Counters
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
         bed.api.fail("patch_status", 503)
         await bed.issuer(key)
@@ -453,10 +440,8 @@ def _ready_pass(bed: Bed) -> Any:
     ids=["foreign", "another-certificates"],
 )
 def test_a_secret_that_is_not_ours_to_write_is_refused_without_a_signature(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters, secret: Any, reason: str
+    bed: Any, key: str, kms_counters: Counters, secret: Any, reason: str
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
         await bed.issuer(key)
         bed.api.put("Secret", secret)
@@ -481,13 +466,10 @@ def test_a_secret_that_is_not_ours_to_write_is_refused_without_a_signature(
     ],
 )
 def test_refusals_are_permanent_and_cost_no_signature(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters, spec: Any, reason: str
+    bed: Any, key: str, kms_counters: Counters, spec: Any, reason: str
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
-        await bed.issuer(key)
-        bed.certificate(**spec)
+        await bed.start(key, **spec)
         await bed.reconcile()
         assert bed.ready() == ("False", reason)
         assert [ident for ident, _ in bed.scheduled if ident == CERT] == []
@@ -500,10 +482,8 @@ def test_refusals_are_permanent_and_cost_no_signature(
 
 
 def test_a_cluster_issuer_serves_only_selected_namespaces_and_wakes_on_a_label(
-    bed: Any, kms_key_factory: KeyFactory
+    bed: Any, key: str
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
         await bed.issuer(key, cluster=True, namespaceSelector={"matchLabels": {"pki": "on"}})
         bed.api.put(
@@ -526,10 +506,8 @@ def test_a_cluster_issuer_serves_only_selected_namespaces_and_wakes_on_a_label(
 
 
 def test_kms_unavailable_backs_off_and_records_no_delivery(
-    bed: Any, kms_key_factory: KeyFactory, kms_faults: Faults
+    bed: Any, key: str, kms_faults: Faults
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
         await bed.issuer(key)
         kms_faults.fail_next(20, grpc.StatusCode.UNAVAILABLE)
@@ -544,13 +522,10 @@ def test_kms_unavailable_backs_off_and_records_no_delivery(
 
 
 def test_drifted_metadata_is_repaired_without_a_signature(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+    bed: Any, key: str, kms_counters: Counters
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
-        await bed.issuer(key)
-        bed.certificate(secretTemplate={"labels": {"team": "a"}})
+        await bed.start(key, secretTemplate={"labels": {"team": "a"}})
         await bed.reconcile()
         secret = bed.secret()
         del secret["metadata"]["labels"]["team"]
@@ -566,13 +541,10 @@ def test_drifted_metadata_is_repaired_without_a_signature(
 
 
 def test_renewal_time_reissues_once_with_the_next_revision(
-    bed: Any, kms_key_factory: KeyFactory, kms_counters: Counters
+    bed: Any, key: str, kms_counters: Counters
 ) -> None:
-    key = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
     async def scenario(bed: Bed) -> None:
-        await bed.issuer(key)
-        bed.certificate(duration="1h")
+        await bed.start(key, duration="1h")
         await bed.reconcile()
         first = bed.status()
         assert bed.watch() is None  # up to date: settled from the caches, no pass

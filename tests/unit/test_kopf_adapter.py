@@ -35,7 +35,14 @@ def test_only_event_handlers_are_registered() -> None:
         "webhooks": [],
     }
     watched = {handler.selector.any_name for handler in registered["watching"]}
-    assert watched == {"certificates", "issuers", "clusterissuers", "secrets", "namespaces"}
+    assert watched == {
+        "certificates",
+        "issuers",
+        "clusterissuers",
+        "secrets",
+        "namespaces",
+        "podcertificaterequests",
+    }
 
 
 def test_event_only_memories_keep_nothing() -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from signet.schedule.queue import WorkQueue
 
 
-def test_due_order_dedup_and_earliest_wins() -> None:
+def _processed(schedule: Callable[[WorkQueue[str]], None], run_for: float) -> list[str]:
+    """The keys a one-worker queue processes, in order, within ``run_for`` seconds of
+    starting with what ``schedule`` added: the order is the queue's, not the workers'."""
+
     async def main() -> list[str]:
         seen: list[str] = []
 
@@ -15,6 +19,17 @@ def test_due_order_dedup_and_earliest_wins() -> None:
             seen.append(key)
 
         queue: WorkQueue[str] = WorkQueue(process, workers=1)
+        schedule(queue)
+        queue.start()
+        await asyncio.sleep(run_for)
+        await queue.stop()
+        return seen
+
+    return asyncio.run(main())
+
+
+def test_due_order_dedup_and_earliest_wins() -> None:
+    def schedule(queue: WorkQueue[str]) -> None:
         queue.add("late", 0.15)
         queue.add("soon", 0.05)
         queue.add("soon", 0.5)  # later request does not delay a scheduled key
@@ -22,12 +37,8 @@ def test_due_order_dedup_and_earliest_wins() -> None:
         queue.add("now")
         queue.add("moved", 1.0)
         queue.add("moved", 0.1)  # earlier request wins
-        queue.start()
-        await asyncio.sleep(0.4)
-        await queue.stop()
-        return seen
 
-    assert asyncio.run(main()) == ["now", "soon", "moved", "late"]
+    assert _processed(schedule, 0.4) == ["now", "soon", "moved", "late"]
 
 
 def test_key_added_while_processing_runs_once_more_never_concurrently() -> None:
@@ -90,19 +101,9 @@ def test_concurrency_is_bounded_and_errors_do_not_kill_workers() -> None:
 
 
 def test_forget_drops_a_scheduled_key() -> None:
-    async def main() -> list[str]:
-        seen: list[str] = []
-
-        async def process(key: str) -> None:
-            seen.append(key)
-
-        queue: WorkQueue[str] = WorkQueue(process, workers=1)
+    def schedule(queue: WorkQueue[str]) -> None:
         queue.add("gone", 0.05)
         queue.add("kept", 0.05)
         queue.forget("gone")
-        queue.start()
-        await asyncio.sleep(0.2)
-        await queue.stop()
-        return seen
 
-    assert asyncio.run(main()) == ["kept"]
+    assert _processed(schedule, 0.2) == ["kept"]

@@ -89,6 +89,13 @@ watchNamespaces is empty and per watched namespace (Role) otherwise. */}}
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, create, update, patch]
+# PodCertificateRequests of Signet's signers, answered through their status.
+- apiGroups: [certificates.k8s.io]
+  resources: [podcertificaterequests]
+  verbs: [get, list, watch]
+- apiGroups: [certificates.k8s.io]
+  resources: [podcertificaterequests/status]
+  verbs: [update, patch]
 {{ include "signet.eventRules" . }}
 {{- end }}
 

@@ -105,6 +105,13 @@ async def issuer(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _runtime(memo).issuer_event(event.get("type"), dict(event["object"]))
 
 
+@kopf.on.event("certificates.k8s.io", "v1", "podcertificaterequests")
+async def pod_certificate_request(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    body = event["object"]
+    memo["pacer"].handled("podcertificaterequests", body["metadata"].get("namespace"))
+    _runtime(memo).pod_certificate_request_event(event.get("type"), dict(body))
+
+
 @kopf.on.event("v1", "secrets")
 async def secret(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     body = event["object"]

@@ -20,7 +20,9 @@ from signet.controller.certificates import CertificateController
 from signet.controller.issuers import IssuerController, IssuerId
 from signet.controller.kubeapi import KubeApi, Obj
 from signet.controller.leadership import LeaderGate
+from signet.controller.podcertificates import PodCertificateController
 from signet.controller.trust import TrustPublisher
+from signet.controller.trustbundles import ClusterTrustBundlePublisher
 from signet.controller.watchcache import cert_id
 from signet.kms.cloudkms import (
     RetryPolicy,
@@ -38,9 +40,12 @@ from signet.secretformat import layout
 logger = logging.getLogger(__name__)
 
 STANDBY_RECHECK = 30.0
+TRUST_BUNDLE_RETRY = 10.0
 EVENTS_DRAIN_SECONDS = 5.0
 """How long a shutdown goes on posting queued Events (the pod's grace period is 30 s)."""
 TRUST = "TrustBundle"
+POD_CERTIFICATE = "PodCertificateRequest"
+CLUSTER_TRUST_BUNDLE = "ClusterTrustBundle"
 Key = tuple[str, str, str]
 """(kind, namespace or "", name): Certificates, Issuers and ClusterIssuers share one queue."""
 
@@ -120,6 +125,15 @@ class Runtime:
             namespace_labels=self._labels_of,
             namespace_terminating=self.terminating_namespaces.__contains__,
         )
+        self.pod_certificates = PodCertificateController(
+            self.api,
+            self.events,
+            self.audit,
+            self.issuers,
+            schedule=lambda ident, delay: self.queue.add((POD_CERTIFICATE, *ident), delay),
+            namespace_labels=self._labels_of,
+        )
+        self.trust_bundles = ClusterTrustBundlePublisher(self.api)
         # Fill the Secret summaries before any Certificate is looked at, so a restart does
         # not mistake "not seen yet" for "missing" and re-issue.
         scopes: list[str | None] = list(config.namespaces) or [None]
@@ -179,6 +193,13 @@ class Runtime:
         kind, namespace, name = key
         if kind == "Certificate":
             await self.certificates.reconcile(cert_id(namespace, name))
+        elif kind == POD_CERTIFICATE:
+            await self.pod_certificates.reconcile((namespace, name))
+        elif kind == CLUSTER_TRUST_BUNDLE:
+            issuer_kind, issuer_namespace, issuer_name = name.split("/")
+            issuer = (issuer_kind, issuer_namespace, issuer_name)
+            if not await self.trust_bundles.publish(issuer, self.issuers.states.get(issuer)):
+                self.queue.add(key, TRUST_BUNDLE_RETRY)
         elif kind == TRUST:
             issuer_kind, issuer_namespace, issuer_name = name.split("/")
             await self.certificates.publish_trust(
@@ -200,6 +221,8 @@ class Runtime:
             self.queue.add(key)
 
     def _issuer_changed(self, issuer: IssuerId) -> None:
+        self.pod_certificates.on_issuer_change(issuer)
+        self.queue.add((CLUSTER_TRUST_BUNDLE, "", "/".join(issuer)))
         for namespace in self.certificates.on_issuer_change(issuer):
             self.queue.add((TRUST, namespace, "/".join(issuer)))
 
@@ -213,6 +236,12 @@ class Runtime:
             self.queue.forget(key)
         else:
             self.queue.add(key)
+
+    def pod_certificate_request_event(self, event_type: str | None, body: Obj) -> None:
+        self.activity += 1
+        ident = self.pod_certificates.observe(body, event_type == "DELETED")
+        if ident is not None:
+            self.queue.add((POD_CERTIFICATE, *ident))
 
     def secret_event(self, event_type: str | None, body: Obj) -> None:
         self.activity += 1

@@ -192,7 +192,9 @@ def requested_key(stub_pkcs10: bytes) -> PublicKeyTypes:
         csr = x509.load_der_x509_csr(stub_pkcs10)
         return csr.public_key()
     except (ValueError, TypeError) as error:
-        raise ValueError(f"spec.stubPKCS10Request is not a readable PKCS#10 request: {error}")
+        raise ValueError(
+            f"spec.stubPKCS10Request is not a readable PKCS#10 request: {error}"
+        ) from None
 
 
 def decide(
@@ -226,13 +228,11 @@ def decide(
             Reason.UNKNOWN_SIGNER,
             f"signer {request.signer_name!r}: {kind} {name!r} does not exist{where}",
         )
-    refusal = check_issuer(
-        kind, name, request.namespace, issuer, namespace_labels=namespace_labels
-    )
+    refusal = check_issuer(kind, name, request.namespace, issuer, namespace_labels=namespace_labels)
     if refusal is not None:
         if refusal.reason.permanent:
             return _deny(refusal.reason, refusal.message)
-        return _wait(request, refusal.reason, refusal.message, now)
+        return waiting(request, refusal.reason, refusal.message, now)
     assert issuer is not None and issuer.spec is not None
     spec = issuer.spec
     settings = spec.pod_certificates
@@ -310,9 +310,10 @@ def _deny(reason: Reason, message: str) -> PodDecision:
     return PodDecision(Action.DENY, reason, message)
 
 
-def _wait(
+def waiting(
     request: PodRequest, reason: Reason, message: str, now: datetime.datetime
 ) -> PodDecision:
+    """Wait out a transient ``reason``, or give up (Failed) once the request is too old."""
     if request.created is not None and now - request.created > PENDING_LIMIT:
         return PodDecision(
             Action.FAIL,

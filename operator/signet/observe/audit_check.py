@@ -565,6 +565,17 @@ def _belongs_elsewhere(entry: _Entry, ahead: Sequence[_Entry], seen: _Seen) -> b
 Located = tuple[Location, Mapping[str, Any]]
 
 
+def _signature_json(
+    time: datetime.datetime, key_version: str, location: Location | None
+) -> dict[str, Any]:
+    """What a report says of a signature on either side: when, with which key, where."""
+    return {
+        "time": time.isoformat(),
+        "keyVersion": key_version,
+        "location": None if location is None else str(location),
+    }
+
+
 @dataclass(frozen=True)
 class KmsSignature:
     """A successful AsymmetricSign in the KMS data-access log."""
@@ -580,9 +591,7 @@ class KmsSignature:
         if not isinstance(metadata, Mapping):
             metadata = {}
         return {
-            "time": self.time.isoformat(),
-            "keyVersion": self.key_version,
-            "location": None if self.location is None else str(self.location),
+            **_signature_json(self.time, self.key_version, self.location),
             "caller": metadata.get("callerIp"),
             "userAgent": metadata.get("callerSuppliedUserAgent"),
         }
@@ -599,9 +608,7 @@ class SignetSignature:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "time": self.time.isoformat(),
-            "keyVersion": self.key_version,
-            "location": None if self.location is None else str(self.location),
+            **_signature_json(self.time, self.key_version, self.location),
             "seq": self.record.get("seq"),
             "outcome": self.record.get("outcome"),
             "certificate": self.record.get("certificate"),

@@ -21,6 +21,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from signet.pki.checks import check_validity, extension
+
 __all__ = ["CaChain", "parse_ca_chain"]
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
@@ -123,10 +125,9 @@ def parse_ca_chain(
 
 
 def _check_ca(cert: x509.Certificate, depth: int, now: datetime.datetime) -> None:
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        raise ValueError(f"certificate {_name(cert)} has no basicConstraints; not a CA") from None
+    constraints = extension(cert, x509.BasicConstraints)
+    if constraints is None:
+        raise ValueError(f"certificate {_name(cert)} has no basicConstraints; not a CA")
     if not constraints.ca:
         raise ValueError(f"certificate {_name(cert)} is not a CA (basicConstraints cA false)")
     # ``depth`` CA certificates sit below this one (the issued leaf does not count).
@@ -135,20 +136,10 @@ def _check_ca(cert: x509.Certificate, depth: int, now: datetime.datetime) -> Non
             f"certificate {_name(cert)} has path length {constraints.path_length} but "
             f"{depth} CA certificate(s) below it"
         )
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        usage = None
+    usage = extension(cert, x509.KeyUsage)
     if usage is not None and not usage.key_cert_sign:
         raise ValueError(f"certificate {_name(cert)} does not allow keyCertSign")
-    if now < cert.not_valid_before_utc:
-        raise ValueError(
-            f"certificate {_name(cert)} is not valid before {cert.not_valid_before_utc.isoformat()}"
-        )
-    if now >= cert.not_valid_after_utc:
-        raise ValueError(
-            f"certificate {_name(cert)} expired at {cert.not_valid_after_utc.isoformat()}"
-        )
+    check_validity(cert, now, f"certificate {_name(cert)}")
 
 
 def _is_self_signed(cert: x509.Certificate) -> bool:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from signet.pki.checks import check_validity, extension
 from signet.pki.keys import LeafPublicKey, validate_public_key
 from signet.pki.kmskey import KmsPrivateKey, sign_certificate
 from signet.pki.names import (
@@ -55,6 +56,7 @@ __all__ = [
     "build_intermediate_ca",
     "build_leaf",
     "build_self_signed_ca",
+    "ca_key_usage",
     "leaf_validity",
     "random_serial_number",
 ]
@@ -383,6 +385,23 @@ def build_intermediate_ca(
     return sign_certificate(builder, issuer_key)
 
 
+def ca_key_usage(*, digital_signature: bool = False) -> x509.KeyUsage:
+    """What a CA's key is for: signing certificates and CRLs (and, for CAs that also sign
+    other things, such as the throwaway ones of development clusters, digital signatures).
+    One definition so that every CA this project makes says the same."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _ca_builder(
     public_key: LeafPublicKey,
     subject: x509.Name,
@@ -403,20 +422,7 @@ def _ca_builder(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 
@@ -450,26 +456,14 @@ def _check_issuer(
             f"issuer certificate {issuer.subject.rfc4514_string()!r} is not for the KMS key "
             f"version {ca_key.algorithm.name} that signs"
         )
-    try:
-        constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
+    constraints = extension(issuer, x509.BasicConstraints)
     if constraints is None or not constraints.ca:
         raise ValueError(f"issuer {issuer.subject.rfc4514_string()!r} is not a CA certificate")
     if issues_ca and constraints.path_length == 0:
         raise ValueError(
             f"issuer {issuer.subject.rfc4514_string()!r} has path length 0 and cannot sign CAs"
         )
-    if now >= issuer.not_valid_after_utc:
-        raise ValueError(
-            f"issuer {issuer.subject.rfc4514_string()!r} expired at "
-            f"{issuer.not_valid_after_utc.isoformat()}"
-        )
-    if now < issuer.not_valid_before_utc:
-        raise ValueError(
-            f"issuer {issuer.subject.rfc4514_string()!r} is not valid before "
-            f"{issuer.not_valid_before_utc.isoformat()}"
-        )
+    check_validity(issuer, now, f"issuer {issuer.subject.rfc4514_string()!r}")
 
 
 def leaf_validity(

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.cloud.kms_v1 import types as kms
@@ -37,6 +37,8 @@ _SOFTWARE = kms.ProtectionLevel.SOFTWARE
 _ALG_ENUM = kms.CryptoKeyVersion.CryptoKeyVersionAlgorithm
 _STATE_ENUM = kms.CryptoKeyVersion.CryptoKeyVersionState
 _MAX_PAGE = 1000
+R = TypeVar("R")
+Item = TypeVar("Item")
 
 Rpc = Callable[[Any], Any]
 Handler = Callable[[Any, grpc.ServicerContext], Any]
@@ -87,6 +89,21 @@ def _page(items: Sequence[Any], page_size: int, page_token: str) -> tuple[Sequen
     return items[start:end], (str(end) if end < len(items) else "")
 
 
+def _listing(
+    response: Callable[..., R],
+    field: str,
+    items: Sequence[Item],
+    message: Callable[[Item], Any],
+    req: Any,
+) -> R:
+    """The page of ``items`` a List request asks for, as ``response`` with the messages in
+    ``field``: every List RPC pages and counts the same way."""
+    page, token = _page(items, req.page_size, req.page_token)
+    return response(
+        **{field: [message(item) for item in page]}, next_page_token=token, total_size=len(items)
+    )
+
+
 def _require_enabled(v: VersionRecord) -> None:
     if v.state != ENABLED:
         raise KmsStatusError(
@@ -114,10 +131,7 @@ class KmsService:
 
     def list_key_rings(self, req: kms.ListKeyRingsRequest) -> kms.ListKeyRingsResponse:
         rings = self.store.list_key_rings(req.parent)
-        page, token = _page(rings, req.page_size, req.page_token)
-        return kms.ListKeyRingsResponse(
-            key_rings=[_key_ring_msg(r) for r in page], next_page_token=token, total_size=len(rings)
-        )
+        return _listing(kms.ListKeyRingsResponse, "key_rings", rings, _key_ring_msg, req)
 
     # -- crypto keys -------------------------------------------------------------------
 
@@ -151,10 +165,7 @@ class KmsService:
 
     def list_crypto_keys(self, req: kms.ListCryptoKeysRequest) -> kms.ListCryptoKeysResponse:
         keys = self.store.list_crypto_keys(req.parent)
-        page, token = _page(keys, req.page_size, req.page_token)
-        return kms.ListCryptoKeysResponse(
-            crypto_keys=[_key_msg(k) for k in page], next_page_token=token, total_size=len(keys)
-        )
+        return _listing(kms.ListCryptoKeysResponse, "crypto_keys", keys, _key_msg, req)
 
     # -- versions ----------------------------------------------------------------------
 
@@ -170,11 +181,8 @@ class KmsService:
         self, req: kms.ListCryptoKeyVersionsRequest
     ) -> kms.ListCryptoKeyVersionsResponse:
         versions = self.store.list_versions(req.parent)
-        page, token = _page(versions, req.page_size, req.page_token)
-        return kms.ListCryptoKeyVersionsResponse(
-            crypto_key_versions=[_version_msg(v) for v in page],
-            next_page_token=token,
-            total_size=len(versions),
+        return _listing(
+            kms.ListCryptoKeyVersionsResponse, "crypto_key_versions", versions, _version_msg, req
         )
 
     def update_crypto_key_version(

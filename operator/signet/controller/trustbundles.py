@@ -1,0 +1,83 @@
+"""Signer-linked ClusterTrustBundles: each pod-certificate issuer's trust anchor, where the
+kubelet and pods look for it.
+
+A pod that gets its certificate through a ``podCertificate`` volume verifies its peers
+with a ``clusterTrustBundle`` projection naming the same signer, so every issuer that signs
+PodCertificateRequests publishes its trust anchor as a ClusterTrustBundle linked to its
+signer, and republishes it when the CA changes. The per-namespace ConfigMaps
+(`signet.controller.trust`) stay: Certificates' pods mount those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from cryptography.hazmat.primitives import serialization
+
+from signet.controller.issuers import IssuerId, IssuerState
+from signet.controller.kubeapi import ApiError, KubeApi
+from signet.decisions.podcertificate import signer_name
+
+logger = logging.getLogger(__name__)
+
+ISSUER_LABEL = "signet.dev/issuer"
+ISSUER_KIND_LABEL = "signet.dev/issuer-kind"
+ISSUER_NAMESPACE_LABEL = "signet.dev/issuer-namespace"
+NAME_SUFFIX = "trust-anchor"
+MAX_NAME = 253
+
+
+def bundle_name(issuer: IssuerId) -> str:
+    """``<signer name with / as :>:trust-anchor``, the prefix the apiserver demands of a
+    signer-linked bundle; a name too long for the API keeps the prefix and hashes the
+    rest, as the prefix is what links it."""
+    kind, namespace, name = issuer
+    prefix = signer_name(kind, namespace, name).replace("/", ":")
+    full = f"{prefix}:{NAME_SUFFIX}"
+    if len(full) <= MAX_NAME:
+        return full
+    return f"{prefix[: MAX_NAME - 14]}:{hashlib.sha256(full.encode()).hexdigest()[:12]}"
+
+
+def _label_value(value: str) -> str:
+    return value[:63].rstrip("-_.")
+
+
+class ClusterTrustBundlePublisher:
+    """Publishes on every issuer change; remembers what it wrote, so a restart or a
+    re-check of an unchanged issuer costs one GET at most and no write."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self._api = api
+        self._published: dict[IssuerId, str] = {}
+
+    async def publish(self, issuer: IssuerId, state: IssuerState | None) -> bool:
+        """Bring the issuer's bundle up to date; False when the write failed (retry)."""
+        if state is None or not state.ready or state.material is None:
+            return True  # left as it is: an outage must not withdraw trust
+        material = state.material
+        if not material.spec.pod_certificates.enabled or material.chain is None:
+            return True
+        pem = material.chain.trust_anchor.public_bytes(serialization.Encoding.PEM).decode()
+        if self._published.get(issuer) == pem:
+            return True
+        kind, namespace, name = issuer
+        labels = {
+            ISSUER_LABEL: _label_value(name),
+            ISSUER_KIND_LABEL: kind,
+            "app.kubernetes.io/managed-by": "signet",
+        }
+        if namespace:
+            labels[ISSUER_NAMESPACE_LABEL] = namespace
+        try:
+            await self._api.apply_cluster_trust_bundle(
+                bundle_name(issuer), labels, signer_name(kind, namespace, name), pem
+            )
+        except ApiError as error:
+            logger.warning(
+                "%s %s: ClusterTrustBundle not published: %s", kind, material.spec.ref, error
+            )
+            return False
+        self._published[issuer] = pem
+        return True
