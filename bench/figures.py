@@ -35,7 +35,8 @@ from bench.procs import (
     summarize_collapsed,
 )
 from signet.controller.kubeapi import KubeApi
-from signet.kms.cloudkms import CloudKmsSigner, SignLimiter, close_client, create_client
+from signet.kms.cloudkms import CloudKmsSigner, close_client, create_client
+from signet.kms.limiter import SignLimiter
 from signet.secretformat import layout
 from signet_dev import metrics
 

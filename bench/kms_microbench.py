@@ -26,8 +26,9 @@ from google.cloud.kms_v1 import KeyManagementServiceAsyncClient
 from google.cloud.kms_v1 import types as kms
 
 from signet.kms.algorithms import get_algorithm
-from signet.kms.cloudkms import CloudKmsSigner, SignLimiter, close_client, create_client
+from signet.kms.cloudkms import CloudKmsSigner, close_client, create_client
 from signet.kms.crc import crc32c
+from signet.kms.limiter import SignLimiter
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = b"\x30\x82\x01\x00" + b"tbs-certificate-bytes " * 40

@@ -45,8 +45,9 @@ from google.cloud.kms_v1.services.key_management_service.transports import (
     KeyManagementServiceGrpcTransport,
 )
 
-from signet.kms.cloudkms import CloudKmsSigner, SignLimiter, close_client, create_client
+from signet.kms.cloudkms import CloudKmsSigner, close_client, create_client
 from signet.kms.emulator import Counters, EmulatorServer, Faults, serve
+from signet.kms.limiter import SignLimiter
 
 T = TypeVar("T")
 

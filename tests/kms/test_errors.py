@@ -10,15 +10,10 @@ from google.api_core import exceptions as gexc
 from google.cloud import kms_v1
 from google.protobuf import field_mask_pb2
 
-from signet.kms.cloudkms import (
-    KmsError,
-    KmsKeyDisabled,
-    KmsKeyNotFound,
-    KmsPermissionDenied,
-    RetryPolicy,
-)
+from signet.kms.cloudkms import RetryPolicy
 from signet.kms.crc import crc32c
 from signet.kms.emulator import Counters, Faults
+from signet.kms.errors import KmsError, KmsKeyDisabled, KmsKeyNotFound, KmsPermissionDenied
 from tests.kms_fixtures import TEST_KEY_RING, TEST_LOCATION, TEST_PROJECT, KeyFactory, KmsRunner
 
 P256 = "EC_SIGN_P256_SHA256"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from signet.kms.cloudkms import KmsIntegrityError, RetryPolicy, SignObservation
+from signet.kms.cloudkms import RetryPolicy, SignObservation
 from signet.kms.emulator import Counters, Faults
+from signet.kms.errors import KmsIntegrityError
 from tests.kms_fixtures import KeyFactory, KmsRunner
 
 P256 = "EC_SIGN_P256_SHA256"

@@ -8,13 +8,9 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 
-from signet.kms.cloudkms import (
-    KmsQuotaExceeded,
-    KmsUnavailable,
-    RetryPolicy,
-    SignObservation,
-)
+from signet.kms.cloudkms import RetryPolicy, SignObservation
 from signet.kms.emulator import Counters, Faults
+from signet.kms.errors import KmsQuotaExceeded, KmsUnavailable
 from tests.kms_fixtures import KeyFactory, KmsRunner
 
 P256 = "EC_SIGN_P256_SHA256"

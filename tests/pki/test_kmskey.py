@@ -14,8 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from signet.kms.cloudkms import KmsPermissionDenied
 from signet.kms.emulator import Counters, Faults
+from signet.kms.errors import KmsPermissionDenied
 from signet.pki.kmskey import (
     KeyNotExportableError,
     KmsPrivateKey,

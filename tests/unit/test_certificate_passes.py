@@ -21,8 +21,9 @@ import pytest
 from signet.controller.certificates import CertificateController
 from signet.controller.issuers import IssuerController
 from signet.controller.trust import TrustPublisher
-from signet.kms.cloudkms import RetryPolicy, SignLimiter, close_client, create_client
+from signet.kms.cloudkms import RetryPolicy, close_client, create_client
 from signet.kms.emulator import Counters, EmulatorServer, Faults
+from signet.kms.limiter import SignLimiter
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
 from signet.observe.metrics import Metrics

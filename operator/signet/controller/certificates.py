@@ -39,7 +39,7 @@ from signet.decisions.certificate import (
     decide,
     renewal_time,
 )
-from signet.kms.cloudkms import KmsError
+from signet.kms.errors import KmsError
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
 from signet.observe.metrics import Metrics

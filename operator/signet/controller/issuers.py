@@ -25,14 +25,9 @@ from signet.controller import status as st
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.decisions.certificate import retry_delay
 from signet.issuance import IssuerMaterial
-from signet.kms.cloudkms import (
-    CloudKmsSigner,
-    KmsError,
-    KmsKeyDisabled,
-    KmsKeyNotFound,
-    RetryPolicy,
-    SignLimiter,
-)
+from signet.kms.cloudkms import CloudKmsSigner, RetryPolicy
+from signet.kms.errors import KmsError, KmsKeyDisabled, KmsKeyNotFound
+from signet.kms.limiter import SignLimiter
 from signet.kms.signer import KmsPublicKey
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster

@@ -26,7 +26,7 @@ from signet.controller.certstatus import Failure
 from signet.controller.issuers import IssuerController, IssuerId
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.decisions import podcertificate as pc
-from signet.kms.cloudkms import KmsError
+from signet.kms.errors import KmsError
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
 from signet.pki import kmskey

@@ -24,13 +24,8 @@ from signet.controller.podcertificates import PodCertificateController
 from signet.controller.trust import TrustPublisher
 from signet.controller.trustbundles import ClusterTrustBundlePublisher
 from signet.controller.watchcache import cert_id
-from signet.kms.cloudkms import (
-    RetryPolicy,
-    SignLimiter,
-    SignObservation,
-    close_client,
-    create_client,
-)
+from signet.kms.cloudkms import RetryPolicy, SignObservation, close_client, create_client
+from signet.kms.limiter import SignLimiter
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
 from signet.observe.metrics import Metrics

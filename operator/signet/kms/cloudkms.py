@@ -25,10 +25,9 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -49,8 +48,17 @@ from signet.kms.algorithms import (
     make_verifier,
 )
 from signet.kms.crc import crc32c
+from signet.kms.errors import (
+    KmsError,
+    KmsIntegrityError,
+    KmsQuotaExceeded,
+    KmsUnavailable,
+    KmsWrongAlgorithm,
+    _error_from_rpc,
+    _status_code,
+)
+from signet.kms.limiter import SignLimiter
 from signet.kms.signer import KmsPublicKey
-from signet.reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -72,100 +80,6 @@ RETRYABLE_CODES = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )
-
-# -- errors ----------------------------------------------------------------------------
-
-
-class KmsError(Exception):
-    """A KMS operation failed. ``reason`` is a short CamelCase token for conditions and
-    metrics; the message names the key version and the cause (never key material)."""
-
-    reason: ClassVar[Reason] = Reason.KMS_ERROR
-
-    def __init__(
-        self, key_version: str, cause: str, *, code: str | None = None, attempts: int = 1
-    ) -> None:
-        self.key_version = key_version
-        self.cause = cause
-        self.code = code
-        """gRPC status code name of the last failed attempt, if the failure was an RPC."""
-        self.attempts = attempts
-        super().__init__(f"{self.reason}: {cause} (key version {key_version})")
-
-
-class KmsPermissionDenied(KmsError):
-    """PERMISSION_DENIED or UNAUTHENTICATED: fix IAM, retrying will not help."""
-
-    reason = Reason.KMS_PERMISSION_DENIED
-
-
-class KmsKeyNotFound(KmsError):
-    """The key version does not exist (NOT_FOUND)."""
-
-    reason = Reason.KMS_KEY_NOT_FOUND
-
-
-class KmsKeyDisabled(KmsError):
-    """FAILED_PRECONDITION: the version is disabled, scheduled for destruction or gone."""
-
-    reason = Reason.KMS_KEY_DISABLED
-
-
-class KmsInvalidArgument(KmsError):
-    """INVALID_ARGUMENT: a malformed name or a request KMS rejected."""
-
-    reason = Reason.KMS_INVALID_ARGUMENT
-
-
-class KmsUnavailable(KmsError):
-    """KMS could not be reached in time (UNAVAILABLE / DEADLINE_EXCEEDED after retries)."""
-
-    reason = Reason.KMS_UNAVAILABLE
-
-
-class KmsQuotaExceeded(KmsUnavailable):
-    """RESOURCE_EXHAUSTED persisted until the deadline."""
-
-    reason = Reason.KMS_QUOTA_EXCEEDED
-
-
-class KmsIntegrityError(KmsError):
-    """A checksum, resource name or local signature check failed."""
-
-    reason = Reason.KMS_INTEGRITY_ERROR
-
-
-class KmsWrongAlgorithm(KmsError):
-    """The key version's algorithm is unsupported or not the one configured."""
-
-    reason = Reason.KMS_WRONG_ALGORITHM
-
-
-_ERRORS_BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
-    grpc.StatusCode.PERMISSION_DENIED: KmsPermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: KmsPermissionDenied,
-    grpc.StatusCode.NOT_FOUND: KmsKeyNotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: KmsKeyDisabled,
-    grpc.StatusCode.INVALID_ARGUMENT: KmsInvalidArgument,
-    grpc.StatusCode.UNAVAILABLE: KmsUnavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: KmsUnavailable,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: KmsQuotaExceeded,
-}
-
-
-def _status_code(exc: GoogleAPICallError) -> grpc.StatusCode:
-    code = exc.grpc_status_code
-    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-
-
-def _error_from_rpc(
-    key_version: str, exc: GoogleAPICallError, attempts: int, prefix: str = ""
-) -> KmsError:
-    code = _status_code(exc)
-    cls = _ERRORS_BY_CODE.get(code, KmsError)
-    cause = f"{prefix}{code.name}: {exc.message}"
-    return cls(key_version, cause, code=code.name, attempts=attempts)
-
 
 # -- client factory --------------------------------------------------------------------
 
@@ -194,87 +108,6 @@ def create_client(
 async def close_client(client: KeyManagementServiceAsyncClient) -> None:
     """Close the client's channel (on the loop that owns it)."""
     await client.transport.close()  # type: ignore[no-untyped-call]
-
-
-# -- limiting --------------------------------------------------------------------------
-
-
-class SignLimiter:
-    """Concurrency cap plus token-bucket rate limit for AsymmetricSign, per process.
-
-    Share one instance between all signers of a process (and one event loop) so the
-    limits hold for the process as a whole. ``rate`` is signatures per second
-    (None = unlimited); ``burst`` how many may go back-to-back after an idle period.
-    The bucket is a GCRA reservation, so waiters are served in arrival order without
-    a lock (the event loop serialises the bookkeeping).
-    """
-
-    def __init__(
-        self, rate: float | None = None, *, burst: int = 1, max_concurrency: int = 32
-    ) -> None:
-        if rate is not None and rate <= 0:
-            raise ValueError("rate must be positive or None")
-        if burst < 1 or max_concurrency < 1:
-            raise ValueError("burst and max_concurrency must be >= 1")
-        self.rate = rate
-        self.burst = burst
-        self.max_concurrency = max_concurrency
-        self._semaphore = asyncio.Semaphore(max_concurrency)
-        self._tat = 0.0
-        self._last_send = 0.0
-        self.in_flight = 0
-
-    def _reserve(self, deadline: float) -> float | None:
-        """Book the next send slot; returns the delay, or None if it is past ``deadline``."""
-        if self.rate is None:
-            return 0.0
-        interval = 1.0 / self.rate
-        now = time.monotonic()
-        tat = max(self._tat, now)
-        delay = max(0.0, tat - (self.burst - 1) * interval - now)
-        if now + delay > deadline:
-            return None
-        self._tat = tat + interval
-        return delay
-
-    async def _space_out(self) -> None:
-        """Keep actual sends an interval apart: a waiter that woke late must not let the
-        next on-time send go right behind it (bursts above the rate the quota sees)."""
-        if self.rate is None or self.burst > 1:
-            return
-        interval = 1.0 / self.rate
-        while (wait := self._last_send + interval - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(wait)
-        self._last_send = time.monotonic()
-
-    @asynccontextmanager
-    async def slot(self, deadline: float, key_version: str) -> AsyncIterator[None]:
-        """Hold one concurrency slot and one rate token for a single RPC attempt.
-
-        Raises :class:`KmsUnavailable` when neither can be had before ``deadline``
-        (a ``time.monotonic()`` value).
-        """
-        try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await self._semaphore.acquire()
-        except TimeoutError:
-            raise KmsUnavailable(
-                key_version, f"no free signing slot (max {self.max_concurrency}) before deadline"
-            ) from None
-        self.in_flight += 1
-        try:
-            delay = self._reserve(deadline)
-            if delay is None:
-                raise KmsUnavailable(
-                    key_version, f"sign rate limit ({self.rate:g}/s) would exceed deadline"
-                )
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self._space_out()
-            yield
-        finally:
-            self.in_flight -= 1
-            self._semaphore.release()
 
 
 # -- signer ----------------------------------------------------------------------------
