@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 
-from signet.controller.leadership import is_leader
+from signet.controller.leadership import LeaderGate, is_leader
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
 
@@ -30,3 +31,37 @@ def test_dead_peers_do_not_count_and_garbage_is_ignored() -> None:
 
 def test_alone_leads() -> None:
     assert is_leader({}, 0, NOW)
+
+
+def test_taking_over_resumes_what_the_standby_held_back_at_once() -> None:
+    """A standby puts keys back for a later look; when it becomes the leader they are due
+    at once, not after the standby's re-check interval."""
+    live = datetime.datetime.now(datetime.UTC)
+    statuses = [
+        {"a": {"priority": 99, "lifetime": 60, "lastseen": live.isoformat()}},
+        {},
+        {},
+    ]
+
+    class Peering:
+        async def get_peering(self, name: str, namespace: str | None) -> dict[str, object]:
+            return {"status": statuses.pop(0)}
+
+    took_over: list[bool] = []
+    gate = LeaderGate(
+        Peering(),  # type: ignore[arg-type]  # the one call the gate makes
+        "signet",
+        None,
+        10,
+        on_leader=lambda: took_over.append(True),
+    )
+
+    async def checks() -> list[bool]:
+        seen = []
+        for _ in range(3):
+            await gate._check()
+            seen.append(gate.leader)
+        return seen
+
+    assert asyncio.run(checks()) == [False, True, True]
+    assert took_over == [True]

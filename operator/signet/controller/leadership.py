@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from signet.controller.kubeapi import ApiError, KubeApi
@@ -42,8 +43,15 @@ class LeaderGate:
     no higher-priority peer is alive."""
 
     def __init__(
-        self, api: KubeApi, peering: str | None, namespace: str | None, priority: int
+        self,
+        api: KubeApi,
+        peering: str | None,
+        namespace: str | None,
+        priority: int,
+        *,
+        on_leader: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_leader = on_leader
         self._api = api
         self._peering = peering
         self._namespace = namespace
@@ -83,4 +91,6 @@ class LeaderGate:
                 self._peering,
                 "active" if leader else "standby",
             )
-        self.leader = leader
+        self.leader, became = leader, leader and not self.leader
+        if became:
+            self._on_leader()

@@ -73,6 +73,8 @@ class Runtime:
         self.activity = 0
         """Watch events and passes so far; the heap trimmer waits for it to stand still."""
         self.ready = asyncio.Event()
+        self._held: set[Key] = set()
+        """Keys a standby put back; due at once when it takes over."""
 
     async def start(self) -> None:
         config = self.config
@@ -142,6 +144,7 @@ class Runtime:
             config.peering,
             config.namespaces[0] if config.namespaces else None,
             config.peering_priority,
+            on_leader=self._resume_held,
         )
         await self.leadership.start()
         self.queue.start()
@@ -172,6 +175,13 @@ class Runtime:
             if code != "OK":
                 self.metrics.kms_errors.labels(code).inc()
 
+    def _resume_held(self) -> None:
+        """This replica just took over: the keys it held back as a standby are due now,
+        not at their next standby re-check (kopf re-lists only once when it resumes)."""
+        held, self._held = self._held, set()
+        for key in held:
+            self.queue.add(key, 0)
+
     async def stop(self) -> None:
         self._trimmer.cancel()
         await self.leadership.stop()
@@ -183,7 +193,8 @@ class Runtime:
     async def _process(self, key: Key) -> None:
         self.activity += 1
         if not self.leadership.leader:
-            self.queue.add(key, STANDBY_RECHECK)  # kopf re-lists everything on resuming anyway
+            self._held.add(key)
+            self.queue.add(key, STANDBY_RECHECK)  # and at once when this replica takes over
             return
         kind, namespace, name = key
         if kind == "Certificate":
