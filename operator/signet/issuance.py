@@ -17,7 +17,7 @@ import datetime
 import functools
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -75,7 +75,8 @@ class Issued:
     """A freshly signed identity, ready to be written."""
 
     secret_type: str
-    data: dict[str, bytes]
+    data: dict[str, bytes] = field(repr=False)
+    """Holds the private key: kept out of repr, so no log line or traceback can show it."""
     annotations: dict[str, str]
     serial: str
     not_before: datetime.datetime
