@@ -132,6 +132,37 @@ async def _sign_recorded(
     return result, recorded[0]
 
 
+async def _sign_leaf(
+    material: IssuerMaterial,
+    chain: CaChain,
+    request: pki_x509.LeafRequest,
+    public_key: PublicKeyTypes,
+    now: datetime.datetime,
+    record: SignatureRecorder,
+    **names: Any,
+) -> tuple[x509.Certificate, str]:
+    """Sign one X.509 leaf, its audit record (serial, validity, key and ``names``) settled
+    before KMS is asked; returns the leaf and the record's id."""
+    serial_number = pki_x509.random_serial_number()
+    not_before, not_after = pki_x509.leaf_validity(chain.issuer, now, request.duration)
+    leaf: x509.Certificate
+    leaf, signature = await _sign_recorded(
+        material,
+        lambda ca: pki_x509.build_leaf(
+            request, public_key, chain.issuer, ca, now=now, serial=serial_number
+        ),
+        record,
+        {
+            "serialNumber": format(serial_number, "x"),
+            "notBefore": timestamp(not_before),
+            "notAfter": timestamp(not_after),
+            "publicKeyFingerprint": keys.spki_fingerprint(public_key),
+            **names,
+        },
+    )
+    return leaf, signature
+
+
 async def _issue_x509(
     material: IssuerMaterial,
     spec: CertificateSpec,
@@ -163,31 +194,22 @@ async def _issue_x509(
         duration=spec.duration,
     )
     public_key = key.public_key()
-    now = datetime.datetime.now(datetime.UTC)
-    serial_number = pki_x509.random_serial_number()
-    serial = format(serial_number, "x")
-    not_before, not_after = pki_x509.leaf_validity(chain.issuer, now, spec.duration)
     uris = [*request_spec.uris, *([svid] if svid else [])]
-    fingerprint = keys.spki_fingerprint(public_key)
-    leaf, signature = await _sign_recorded(
+    leaf, signature = await _sign_leaf(
         material,
-        lambda ca: pki_x509.build_leaf(
-            request, public_key, chain.issuer, ca, now=now, serial=serial_number
-        ),
+        chain,
+        request,
+        public_key,
+        datetime.datetime.now(datetime.UTC),
         record,
-        {
-            "serialNumber": serial,
-            "notBefore": timestamp(not_before),
-            "notAfter": timestamp(not_after),
-            "publicKeyFingerprint": fingerprint,
-            "spiffeID": svid,
-            "subject": request.subject().rfc4514_string(),
-            "dnsNames": list(request_spec.dns_names),
-            "ipAddresses": list(request_spec.ip_addresses),
-            "uris": uris,
-            "emailAddresses": list(request_spec.email_addresses),
-        },
+        spiffeID=svid,
+        subject=request.subject().rfc4514_string(),
+        dnsNames=list(request_spec.dns_names),
+        ipAddresses=list(request_spec.ip_addresses),
+        uris=uris,
+        emailAddresses=list(request_spec.email_addresses),
     )
+    serial = format(leaf.serial_number, "x")
     annotations = {
         layout.SERIAL: serial,
         layout.NOT_BEFORE: timestamp(leaf.not_valid_before_utc),
@@ -211,7 +233,7 @@ async def _issue_x509(
         serial=serial,
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
-        public_key_fingerprint=fingerprint,
+        public_key_fingerprint=keys.spki_fingerprint(public_key),
         signature=signature,
         spiffe_id=svid,
     )
@@ -328,31 +350,23 @@ async def issue_for_public_key(
             "of the shortest lifetime allowed"
         )
     request = pki_x509.LeafRequest(spiffe_id=spiffe_id, usages=usages, duration=duration)
-    serial_number = pki_x509.random_serial_number()
-    serial = format(serial_number, "x")
-    fingerprint = keys.spki_fingerprint(public_key)
-    leaf, signature = await _sign_recorded(
+    leaf, signature = await _sign_leaf(
         material,
-        lambda ca: pki_x509.build_leaf(
-            request, public_key, chain.issuer, ca, now=now, serial=serial_number
-        ),
+        chain,
+        request,
+        public_key,
+        now,
         record,
-        {
-            "serialNumber": serial,
-            "notBefore": timestamp(not_before),
-            "notAfter": timestamp(not_after),
-            "publicKeyFingerprint": fingerprint,
-            "spiffeID": spiffe_id,
-            "subject": "",
-            "uris": [spiffe_id],
-        },
+        spiffeID=spiffe_id,
+        subject="",
+        uris=[spiffe_id],
     )
     return IssuedLeaf(
         chain_pem=chain.leaf_chain_pem(leaf),
-        serial=serial,
+        serial=format(leaf.serial_number, "x"),
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
-        public_key_fingerprint=fingerprint,
+        public_key_fingerprint=keys.spki_fingerprint(public_key),
         signature=signature,
         spiffe_id=spiffe_id,
     )
