@@ -20,12 +20,15 @@ anything outside the node's temporary folder:
   ``/var/log/containers``, the device-plugins socket) that only existed because of us.
 
 The kubelet binds fixed paths and ports (its device-plugins socket, port 10250), so one
-machine runs one node at a time; it needs root.
+machine runs one node at a time: ``start()`` takes a machine-wide lock (``NODE_LOCK``) and
+waits for it, so a second test session queues behind the first instead of breaking both.
+It needs root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -59,6 +62,10 @@ WORKLOAD_IMAGE = "signet.local/workload:dev"
 # containerd's sandbox image: the workload binary again, started as `pause`.
 PAUSE_IMAGE = "signet.local/pause:dev"
 KUBELET_PORT = 10250
+NODE_LOCK = Path("/run/signet-node.lock")
+"""Held by the one running node on this machine (flock, released when its holder exits)."""
+LOCK_WAIT = 1800.0
+"""How long a node start queues behind another session's node before giving up."""
 NOT_READY_TOLERATION = {"operator": "Exists"}
 # The host-wide sysctls the kubelet sets at start-up; in its namespace they are files.
 _KUBELET_SYSCTLS = (
@@ -164,6 +171,7 @@ class LocalNode:
     _children: list[_Child] = field(default_factory=list, init=False)
     _preexisting: dict[Path, bool] = field(default_factory=dict, init=False)
     _container_logs_before: set[str] = field(default_factory=set, init=False)
+    _lock: int | None = field(default=None, init=False)
 
     @property
     def kubelet_root(self) -> Path:
@@ -179,6 +187,8 @@ class LocalNode:
         if reason:
             raise ControlPlaneError(f"cannot start a node: {reason}")
         self.ip = self.ip or node_ip()
+        waited = self._take_lock()
+        deadline += waited
         for path in (_DEVICE_PLUGINS.parent, _CONTAINER_LOGS, _CONTAINERD_RUN):
             self._preexisting[path] = path.exists()
         if _CONTAINER_LOGS.exists():
@@ -188,6 +198,25 @@ class LocalNode:
         self._import_images()
         self._start_kubelet()
         self._wait_ready(deadline)
+
+    def _take_lock(self) -> float:
+        """Wait until no other node runs on this machine; returns the seconds waited, which
+        do not count against the start's own deadline."""
+        fd = os.open(NODE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        began = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() - began > LOCK_WAIT:
+                    os.close(fd)
+                    raise ControlPlaneError(
+                        f"another node holds {NODE_LOCK} (one kubelet per machine)"
+                    ) from None
+                time.sleep(0.5)
+                continue
+            self._lock = fd
+            return time.monotonic() - began
 
     # containerd ---------------------------------------------------------------------------
 
@@ -401,7 +430,11 @@ disabled_plugins = [
 
     def stop(self) -> None:
         """Stop the kubelet, then every container, then containerd, and remove every trace
-        outside the folder; each step tolerates what an earlier failure left half done."""
+        outside the folder; each step tolerates what an earlier failure left half done.
+        Without the lock there is nothing of ours to stop, and the machine's pods and
+        paths may belong to another session's node."""
+        if self._lock is None:
+            return
         kubelet = next((c for c in self._children if c.name == "kubelet"), None)
         if kubelet is not None:
             _terminate(kubelet.process)
@@ -413,6 +446,9 @@ disabled_plugins = [
         self._unmount_all()
         self._remove_cgroups()
         self._remove_fixed_paths()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _kill_pod_processes(self) -> None:
         """SIGKILL everything in the ``kubepods`` cgroups: faster and surer than asking
