@@ -208,8 +208,12 @@ class LocalControlPlane(Started):
                     f"--kubeconfig={self.kubeconfig}",
                     "--leader-elect=false",
                     "--secure-port=0",
+                    # The two cleaners delete finished certificate requests as real
+                    # clusters do (PodCertificateRequests 15 minutes after creation), so
+                    # Signet never deletes what it answered.
                     "--controllers=garbage-collector-controller,namespace-controller,"
-                    "serviceaccount-controller",
+                    "serviceaccount-controller,podcertificaterequest-cleaner-controller,"
+                    "certificatesigningrequest-cleaner-controller",
                     "--concurrent-gc-syncs=5",
                     "--concurrent-namespace-syncs=5",
                 ],

@@ -25,6 +25,7 @@ from signet.controller import certstatus
 from signet.controller.certstatus import Failure
 from signet.controller.issuers import IssuerController, IssuerId
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
+from signet.controller.signing import Ledger
 from signet.decisions import podcertificate as pc
 from signet.kms.errors import KmsError
 from signet.observe.audit import AuditLog
@@ -40,8 +41,6 @@ RequestId = tuple[str, str]
 FRESH_FOR = datetime.timedelta(minutes=4)
 """How long a signed, unwritten certificate may wait for its write: the apiserver wants
 notBefore close to its own clock, so an older one is given up and signed anew."""
-KEEP_LIMIT = 1000
-"""Signed certificates waiting for their write, at most; the oldest is given up first."""
 
 
 def _now() -> datetime.datetime:
@@ -52,10 +51,23 @@ def _now() -> datetime.datetime:
 class Signed:
     """A certificate signed for a request and not yet written to its status."""
 
+    request: RequestId
     uid: str
     key_version: str
     leaf: issuance.IssuedLeaf
     begin_refresh_at: datetime.datetime
+
+    @property
+    def signature(self) -> str:
+        return self.leaf.signature
+
+    @property
+    def serial(self) -> str:
+        return self.leaf.serial
+
+    def subject(self) -> dict[str, Any]:
+        namespace, name = self.request
+        return {"podCertificateRequest": {"namespace": namespace, "name": name, "uid": self.uid}}
 
 
 class PodCertificateController:
@@ -82,7 +94,7 @@ class PodCertificateController:
         self._clock = clock
         self.pending: dict[RequestId, Obj] = {}
         self._failures: dict[RequestId, Failure] = {}
-        self._signed: dict[RequestId, Signed] = {}
+        self._signed: Ledger[RequestId, Signed] = Ledger(audit)
         self._waiting: dict[IssuerId, set[RequestId]] = {}
 
     # -- watch input ----------------------------------------------------------------------
@@ -125,16 +137,13 @@ class PodCertificateController:
         chain = ((answered or {}).get("status") or {}).get("certificateChain") or ""
         if kept is not None and chain == kept.leaf.chain_pem.decode():
             assert answered is not None
-            del self._signed[ident]
-            self._delivery(
+            self._signed.written(
                 ident,
-                kept,
-                "written",
                 target=f"PodCertificateRequest {ident[0]}/{ident[1]}",
                 resourceVersion=answered["metadata"].get("resourceVersion"),
             )
             return
-        self._discard(ident, "Superseded", f"not written: {why}")
+        self._signed.discard(ident, "Superseded", f"not written: {why}")
 
     # -- reconcile ------------------------------------------------------------------------
     async def reconcile(self, ident: RequestId) -> None:
@@ -243,7 +252,7 @@ class PodCertificateController:
             except ValueError as error:
                 await self._answer(ident, body, "Failed", Reason.INVALID_REQUEST, str(error))
                 return
-            self._keep(ident, signed)
+            self._signed.keep(ident, signed)
         leaf = signed.leaf
         status: Obj = {
             "certificateChain": leaf.chain_pem.decode(),
@@ -264,19 +273,15 @@ class PodCertificateController:
         try:
             written = await self._write_status(ident, body, status)
         except ApiError as error:
-            self._delivery(ident, signed, "write-failed", target=target, error=str(error))
+            self._signed.write_failed(ident, signed, error, target=target)
             raise
         if written is None:
             return
         self._failures.pop(ident, None)
-        if self._signed.pop(ident, None) is not None:  # else the watch got there first
-            self._delivery(
-                ident,
-                signed,
-                "written",
-                target=target,
-                resourceVersion=written["metadata"].get("resourceVersion"),
-            )
+        # Says nothing if the watch saw the answer first and accounted for it.
+        self._signed.written(
+            ident, target=target, resourceVersion=written["metadata"].get("resourceVersion")
+        )
         self._events.post(
             body,
             type="Normal",
@@ -332,6 +337,7 @@ class PodCertificateController:
                 )
             raise
         return Signed(
+            request=(request.namespace, request.name),
             uid=request.uid,
             key_version=material.kms_key.key_version,
             leaf=leaf,
@@ -351,30 +357,10 @@ class PodCertificateController:
             and self._clock() - kept.leaf.not_before <= FRESH_FOR
         ):
             return kept
-        self._discard(
+        self._signed.discard(
             ident, "Superseded", "the request or the issuer's key changed, or it grew stale"
         )
         return None
-
-    def _keep(self, ident: RequestId, signed: Signed) -> None:
-        self._signed[ident] = signed
-        while len(self._signed) > KEEP_LIMIT:
-            oldest = next(iter(self._signed))
-            self._discard(oldest, "Evicted", "too many certificates waiting to be written")
-
-    def _discard(self, ident: RequestId, reason: str, message: str) -> None:
-        kept = self._signed.pop(ident, None)
-        if kept is not None:
-            self._delivery(ident, kept, "discarded", reason=reason, message=message)
-
-    def _delivery(self, ident: RequestId, signed: Signed, outcome: str, **fields: Any) -> None:
-        self._audit.delivery(
-            signed.leaf.signature,
-            outcome=outcome,
-            podCertificateRequest={"namespace": ident[0], "name": ident[1], "uid": signed.uid},
-            serialNumber=signed.leaf.serial,
-            **fields,
-        )
 
     # -- the one write ----------------------------------------------------------------------
     async def _answer(
@@ -385,7 +371,7 @@ class PodCertificateController:
         if await self._write_status(ident, body, status) is None:
             return
         self._failures.pop(ident, None)
-        self._discard(ident, "Superseded", f"the request was answered {type_}")
+        self._signed.discard(ident, "Superseded", f"the request was answered {type_}")
         self._events.post(body, type="Warning", reason=reason, message=message)
         logger.warning("PodCertificateRequest %s/%s: %s %s: %s", *ident, type_, reason, message)
 

@@ -10,11 +10,12 @@ again (see `signet.controller.unwritten`).
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, Generic, TypeVar
 
 from signet import issuance
 from signet.api.certificate import CertificateSpec
-from signet.controller.unwritten import Unwritten, UnwrittenStore
+from signet.controller.unwritten import Unwritten, UnwrittenStore, Waiting
 from signet.controller.watchcache import CertId
 from signet.decisions.certificate import renewal_time
 from signet.observe.audit import AuditLog
@@ -23,18 +24,74 @@ from signet.reasons import Reason
 from signet.secretformat.summary import SecretSummary
 
 Obj = dict[str, Any]
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V", bound=Waiting)
+
+
+class Ledger(Generic[K, V]):
+    """Signed certificates waiting for their write, each outcome a delivery record that
+    points at the signature record: written, write failed, or discarded and why."""
+
+    def __init__(self, audit: AuditLog, store: UnwrittenStore[K, V] | None = None) -> None:
+        self._audit = audit
+        self._store: UnwrittenStore[K, V] = store if store is not None else UnwrittenStore()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._store
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def get(self, key: K) -> V | None:
+        return self._store.get(key)
+
+    def keep(self, key: K, item: V) -> None:
+        """Keep ``item`` for the next attempt; what it pushes out is given up, audited."""
+        for given_up in self._store.keep(key, item):
+            self.record(
+                given_up,
+                "discarded",
+                reason="Evicted",
+                message="too many certificates waiting to be written; the oldest is given up",
+            )
+
+    def write_failed(self, key: K, item: V, error: Exception, **fields: Any) -> None:
+        """Keep ``item``; its record says why it is not there yet."""
+        self.keep(key, item)
+        self.record(item, "write-failed", error=str(error), **fields)
+
+    def written(self, key: K, item: V | None = None, **fields: Any) -> bool:
+        """``item`` (by default the one kept for ``key``) reached its object; False when
+        there is nothing to say because no certificate was named or kept."""
+        kept = self._store.pop(key)
+        item = item if item is not None else kept
+        if item is not None:
+            self.record(item, "written", **fields)
+        return item is not None
+
+    def discard(self, key: K, reason: str, message: str) -> None:
+        kept = self._store.pop(key)
+        if kept is not None:
+            self.record(kept, "discarded", reason=reason, message=message)
+
+    def record(self, item: V, outcome: str, **fields: Any) -> None:
+        self._audit.delivery(
+            item.signature, outcome=outcome, **item.subject(), serialNumber=item.serial, **fields
+        )
 
 
 class Signatures:
     """The signatures of one request path: spent through `sign`, delivered or given up
     through the other methods, each step on the audit trail."""
 
-    def __init__(self, audit: AuditLog, store: UnwrittenStore | None = None) -> None:
+    def __init__(
+        self, audit: AuditLog, store: UnwrittenStore[CertId, Unwritten] | None = None
+    ) -> None:
         self._audit = audit
-        self._store = store if store is not None else UnwrittenStore()
+        self._ledger: Ledger[CertId, Unwritten] = Ledger(audit, store)
 
     def __contains__(self, cert: object) -> bool:
-        return cert in self._store
+        return cert in self._ledger
 
     async def sign(
         self,
@@ -106,7 +163,7 @@ class Signatures:
     ) -> Unwritten | None:
         """A certificate signed on an earlier attempt whose delivery failed, if it is still
         what this attempt would sign; one that is not is given up (and audited as such)."""
-        kept = self._store.get(cert)
+        kept = self._ledger.get(cert)
         if kept is None:
             return None
         generation = int(body["metadata"].get("generation") or 0)
@@ -127,52 +184,26 @@ class Signatures:
 
     def delivery_failed(self, item: Unwritten, target: str, error: Exception) -> None:
         """Keep ``item`` for the next attempt; its record says why it is not there yet."""
-        for given_up in self._store.keep(item.cert, item):
-            self._delivery(
-                given_up,
-                "discarded",
-                reason="Evicted",
-                message="too many certificates waiting to be written; the oldest is given up",
-            )
-        self._delivery(item, "write-failed", secret=target, error=str(error))
+        self._ledger.write_failed(item.cert, item, error, secret=target)
 
     def delivered(self, item: Unwritten, target: str, resource_version: str) -> None:
-        self._store.pop(item.cert)
-        self._delivery(item, "written", secret=target, resourceVersion=resource_version)
+        self._ledger.written(item.cert, item, secret=target, resourceVersion=resource_version)
 
     def settle(self, cert: CertId, summary: SecretSummary) -> None:
         """The Secret is up to date: either with the certificate that waited (a write that
         succeeded although its answer was lost) or without it."""
-        kept = self._store.pop(cert)
+        kept = self._ledger.get(cert)
         if kept is None:
             return
         if summary.serial == kept.issued.serial:
-            self._delivery(
-                kept,
-                "written",
+            self._ledger.written(
+                cert,
                 secret=f"{summary.namespace}/{summary.name}",
                 resourceVersion=summary.resource_version,
                 note="found in the Secret after the write's answer was lost",
             )
         else:
-            self._delivery(
-                kept,
-                "discarded",
-                reason="Superseded",
-                message="the Secret became up to date without it",
-            )
+            self._ledger.discard(cert, "Superseded", "the Secret became up to date without it")
 
     def discard(self, cert: CertId, reason: str, message: str) -> None:
-        kept = self._store.pop(cert)
-        if kept is not None:
-            self._delivery(kept, "discarded", reason=reason, message=message)
-
-    def _delivery(self, item: Unwritten, outcome: str, **fields: Any) -> None:
-        """What became of a signed certificate, pointing at its signature record."""
-        self._audit.delivery(
-            item.signature,
-            outcome=outcome,
-            certificate={"namespace": item.cert[0], "name": item.cert[1], "uid": item.uid},
-            serialNumber=item.issued.serial,
-            **fields,
-        )
+        self._ledger.discard(cert, reason, message)
