@@ -43,6 +43,7 @@ SSH_CA_ALGORITHMS = [
 LEAF_KEY_TYPES = [
     ("ECDSA", 256),
     ("ECDSA", 384),
+    ("ECDSA", 521),
     ("RSA", 2048),
     ("RSA", 3072),
     ("RSA", 4096),

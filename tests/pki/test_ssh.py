@@ -38,7 +38,7 @@ from tests.pki.conftest import SSH_CA_ALGORITHMS, CaFactory, KmsCa, exact, run
 
 LeafKeys = Callable[[str, int | None], LeafPrivateKey]
 
-SSH_LEAF_TYPES = [("ECDSA", 256), ("ECDSA", 384), ("Ed25519", None), ("RSA", 2048)]
+SSH_LEAF_TYPES = [("ECDSA", 256), ("ECDSA", 384), ("Ed25519", None), ("RSA", 2048), ("ECDSA", 521)]
 
 CA_SIGNATURE = {
     "EC_SIGN_P256_SHA256": ("ECDSA", "ecdsa-sha2-nistp256"),

@@ -316,7 +316,7 @@ def test_data_encipherment_needs_rsa() -> None:
     [
         ("RSA", 1024, "RSA key size 1024 is not supported; use 2048, 3072 or 4096"),
         ("RSA", 8192, "RSA key size 8192 is not supported; use 2048, 3072 or 4096"),
-        ("ECDSA", 521, "ECDSA key size 521 is not supported; use 256 or 384"),
+        ("ECDSA", 224, "ECDSA key size 224 is not supported; use 256, 384 or 521"),
         ("Ed25519", 256, "Ed25519 keys have a fixed size; size must be omitted, not 256"),
         ("DSA", None, "private key algorithm 'DSA' is not supported; use RSA, ECDSA or Ed25519"),
     ],
@@ -336,7 +336,8 @@ def test_weak_public_keys_are_refused() -> None:
         validate_public_key(weak)
     k1 = ec.generate_private_key(ec.SECP256K1()).public_key()
     with pytest.raises(
-        ValueError, match=exact("ECDSA curve secp256k1 is not supported; use P-256 or P-384")
+        ValueError,
+        match=exact("ECDSA curve secp256k1 is not supported; use P-256, P-384 or P-521"),
     ):
         validate_public_key(k1)
     x = x25519.X25519PrivateKey.generate().public_key()

@@ -294,9 +294,9 @@ CASES = [
         rejected="RSA keys must be 2048, 3072 or 4096 bits",
     ),
     Case(
-        "key-ecdsa-521",
-        spec(privateKey={"algorithm": "ECDSA", "size": 521}),
-        rejected="ECDSA keys must be 256 (P-256) or 384 (P-384) bits",
+        "key-ecdsa-224",
+        spec(privateKey={"algorithm": "ECDSA", "size": 224}),
+        rejected="ECDSA keys must be 256 (P-256), 384 (P-384) or 521 (P-521) bits",
     ),
     Case(
         "key-ed25519-with-size",

@@ -107,8 +107,6 @@ ROWS: list[tuple[str, pc.PodRequest, Facts | None, dict[str, Any], pc.Action, Re
      {}, pc.Action.DENY, Reason.X509_NOT_ENABLED, "does not issue X.509"),
     ("user annotations", request(annotations={"example.com/x": "y"}), issuer(**ENABLED), {},
      pc.Action.DENY, Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS, "'example.com/x'"),
-    ("P-521", request(key_type="ECDSAP521"), issuer(**ENABLED), {},
-     pc.Action.DENY, Reason.UNSUPPORTED_KEY_TYPE, "key type ECDSAP521 is not accepted"),
     ("key type not allowed", request(key_type="RSA3072"),
      issuer(podCertificates={"enabled": True, "allowedKeyTypes": ["ECDSAP256", "ED25519"]}), {},
      pc.Action.DENY, Reason.UNSUPPORTED_KEY_TYPE, "use ECDSAP256 or ED25519"),
@@ -173,7 +171,7 @@ def test_lifetime_is_the_shortest_of_request_issuer_and_policy(
     assert decision.plan.spiffe_id == "spiffe://cluster.local/ns/shop/sa/web"
 
 
-@pytest.mark.parametrize("key_type", ["RSA3072", "ECDSAP256", "ECDSAP384", "ED25519"])
+@pytest.mark.parametrize("key_type", ["RSA3072", "ECDSAP256", "ECDSAP384", "ECDSAP521", "ED25519"])
 def test_key_types_are_named_as_the_kubelet_names_them(key_type: str) -> None:
     decision = pc.decide(
         request(key_type=key_type), issuer(**ENABLED), namespace_labels=None, now=NOW
@@ -235,7 +233,7 @@ def test_parse_request_and_answered() -> None:
     [
         ({"enabled": "yes"}, Reason.INVALID_SPEC, "expected true or false"),
         ({"defaultDuration": "30m"}, Reason.INVALID_DURATION, "at least 1h"),
-        ({"allowedKeyTypes": ["ECDSAP521"]}, Reason.INVALID_SPEC, "'ECDSAP521' is not one of"),
+        ({"allowedKeyTypes": ["ECDSAP512"]}, Reason.INVALID_SPEC, "'ECDSAP512' is not one of"),
     ],
 )
 def test_pod_certificates_spec_is_validated(raw: dict[str, Any], reason: Reason, text: str) -> None:
@@ -251,4 +249,6 @@ def test_pod_certificates_are_off_unless_enabled() -> None:
     assert not issuer().spec.pod_certificates.enabled  # type: ignore[union-attr]
     settings = issuer(**ENABLED).spec.pod_certificates  # type: ignore[union-attr]
     assert settings.enabled and settings.default_duration == datetime.timedelta(hours=24)
-    assert "ECDSAP521" not in settings.allowed_key_types
+    assert settings.allowed_key_types == (
+        "RSA3072", "RSA4096", "ECDSAP256", "ECDSAP384", "ECDSAP521", "ED25519"
+    )  # fmt: skip

@@ -20,7 +20,7 @@ from signet.api.duration import parse_duration
 from signet.api.errors import SpecError
 from signet.reasons import Reason
 
-KEY_SIZES = {"ECDSA": (256, 384), "RSA": (2048, 3072, 4096), "Ed25519": ()}
+KEY_SIZES = {"ECDSA": (256, 384, 521), "RSA": (2048, 3072, 4096), "Ed25519": ()}
 DEFAULT_KEY_SIZE = {"ECDSA": 256, "RSA": 2048, "Ed25519": None}
 USAGES = (
     "digital signature",

@@ -25,9 +25,8 @@ DEFAULT_URI_PATTERNS = ("spiffe://{trustDomain}/ns/{namespace}/sa/*",)
 DEFAULT_SSH_PRINCIPAL_PATTERNS = ("{namespace}-*",)
 DEFAULT_SSH_EXTENSIONS = ("permit-pty",)
 DEFAULT_SSH_CRITICAL_OPTIONS = ("source-address",)
-POD_KEY_TYPES = ("RSA3072", "RSA4096", "ECDSAP256", "ECDSAP384", "ED25519")
-"""The kubelet key types Signet certifies: the kubelet's set without ECDSAP521, which leaf
-keys elsewhere in Signet do not accept either."""
+POD_KEY_TYPES = ("RSA3072", "RSA4096", "ECDSAP256", "ECDSAP384", "ECDSAP521", "ED25519")
+"""The kubelet's key types, all of which Signet certifies."""
 MIN_POD_CERTIFICATE_DURATION = datetime.timedelta(hours=1)
 """The shortest lifetime the apiserver accepts in a PodCertificateRequest's status."""
 

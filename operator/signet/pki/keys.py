@@ -43,12 +43,17 @@ LeafPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519Pu
 RSA_SIZES = (2048, 3072, 4096)
 """RSA modulus sizes we generate and accept; 2048 is the floor (NIST SP 800-131A)."""
 
-_CURVES: dict[int, type[ec.EllipticCurve]] = {256: ec.SECP256R1, 384: ec.SECP384R1}
+_CURVES: dict[int, type[ec.EllipticCurve]] = {
+    256: ec.SECP256R1,
+    384: ec.SECP384R1,
+    521: ec.SECP521R1,
+}
 ECDSA_SIZES = tuple(_CURVES)
-"""ECDSA curve sizes: P-256 and P-384, the curves every TLS stack and OpenSSH support."""
+"""ECDSA curve sizes: the NIST curves P-256, P-384 and P-521, which TLS stacks, OpenSSH and
+the kubelet's pod-certificate key types all share."""
 
 _OPENSSH_KEY_LABEL = b"OPENSSH PRIVATE KEY"
-_CURVE_NAMES = {"secp256r1": 256, "secp384r1": 384}
+_CURVE_NAMES = {"secp256r1": 256, "secp384r1": 384, "secp521r1": 521}
 
 
 def generate_private_key(algorithm: str, size: int | None = None) -> LeafPrivateKey:
@@ -95,7 +100,7 @@ def validate_public_key(public_key: PublicKeyTypes) -> LeafPublicKey:
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if public_key.curve.name not in _CURVE_NAMES:
             raise ValueError(
-                f"ECDSA curve {public_key.curve.name} is not supported; use P-256 or P-384"
+                f"ECDSA curve {public_key.curve.name} is not supported; use P-256, P-384 or P-521"
             )
         return public_key
     if isinstance(public_key, ed25519.Ed25519PublicKey):
