@@ -332,6 +332,7 @@ async def issue_for_public_key(
     lifetime: datetime.timedelta,
     minimum: datetime.timedelta,
     record: SignatureRecorder,
+    dns_names: tuple[str, ...] = (),
 ) -> IssuedLeaf:
     """Sign an X509-SVID for ``public_key``. The certificate spans exactly ``lifetime`` from
     its backdated notBefore (a requester that capped the lifetime, as the apiserver does for
@@ -349,7 +350,9 @@ async def issue_for_public_key(
             f"the CA of {material.spec.ref} expires at {expires}: too soon for a certificate "
             "of the shortest lifetime allowed"
         )
-    request = pki_x509.LeafRequest(spiffe_id=spiffe_id, usages=usages, duration=duration)
+    request = pki_x509.LeafRequest(
+        spiffe_id=spiffe_id, dns_names=dns_names, usages=usages, duration=duration
+    )
     leaf, signature = await _sign_leaf(
         material,
         chain,
@@ -360,6 +363,7 @@ async def issue_for_public_key(
         spiffeID=spiffe_id,
         subject="",
         uris=[spiffe_id],
+        **({"dnsNames": list(dns_names)} if dns_names else {}),
     )
     return IssuedLeaf(
         chain_pem=chain.leaf_chain_pem(leaf),

@@ -163,6 +163,25 @@ def check_pod_identity(
     )
 
 
+def check_pod_dns_names(
+    issuer: IssuerSpec, namespace: str, names: Sequence[str], field: str
+) -> Denial | None:
+    """DNS names a pod asked for through its podCertificate volume: granted by the same
+    policy.allowedDNSNames and allowWildcards rules as a Certificate's spec.x509.dnsNames,
+    so a namespace gets no name by one request path that the other would refuse."""
+    policy = issuer.policy
+    named = _indexed(field, names)
+    return _check_names(
+        named,
+        policy.allowed_dns_names,
+        "policy.allowedDNSNames",
+        "dns",
+        Reason.DNS_NAME_NOT_ALLOWED,
+        namespace,
+        issuer.trust_domain,
+    ) or _wildcard_names(named, policy)
+
+
 def _check_ssh(ssh: SSHSpec, issuer: IssuerSpec, ns: str) -> Denial | None:
     """Critical options and extensions change what the certificate may do on every server
     that trusts the CA (forward ports and agents, run ~/.ssh/rc), so each one requested,
@@ -283,14 +302,18 @@ def _spiffe_in_uris(uris: Sequence[str], td: str, ns: str) -> Denial | None:
 
 
 def _wildcards(x509: X509Spec, policy: Policy) -> Denial | None:
-    """A wildcard name is a key that answers for every host under a domain, so it takes the
-    issuer's explicit opt-in even where a pattern covers the literal '*'. The common name
-    counts too: clients that still read it treat it as a host name."""
-    if policy.allow_wildcards:
-        return None
+    """The common name counts too: clients that still read it treat it as a host name."""
     named = _indexed("spec.x509.dnsNames", x509.dns_names)
     if x509.common_name:
         named.append(_named("spec.x509.commonName", x509.common_name))
+    return _wildcard_names(named, policy)
+
+
+def _wildcard_names(named: Iterable[tuple[str, str]], policy: Policy) -> Denial | None:
+    """A wildcard name is a key that answers for every host under a domain, so it takes the
+    issuer's explicit opt-in even where a pattern covers the literal '*'."""
+    if policy.allow_wildcards:
+        return None
     for subject, value in named:
         if "*" in value:
             return Denial(

@@ -85,6 +85,10 @@ class Reason(enum.StrEnum):
     INVALID_UNVERIFIED_USER_ANNOTATIONS = "InvalidUnverifiedUserAnnotations"
     UNKNOWN_SIGNER = "UnknownSigner"
     POD_CERTIFICATES_NOT_ENABLED = "PodCertificatesNotEnabled"
+    # -- refused: CertificateSigningRequests ----------------------------------------------
+    CERTIFICATE_SIGNING_REQUESTS_NOT_ENABLED = "CertificateSigningRequestsNotEnabled"
+    REQUESTER_NOT_ALLOWED = "RequesterNotAllowed"
+    USAGE_NOT_ALLOWED = "UsageNotAllowed"
     # -- transient (KMS and IAM change outside Kubernetes: only a retry can notice) --------
     KMS_PERMISSION_DENIED = "KMSPermissionDenied"
     KMS_INVALID_ARGUMENT = "KMSInvalidArgument"

@@ -29,10 +29,12 @@ CLUSTER_ALWAYS = (
     | triples(
         ["certificates.k8s.io"],
         ["clustertrustbundles"],
-        ("get", "list", "watch", "create", "update", "patch"),
+        ("get", "list", "watch", "create", "update", "patch", "delete"),
     )
+    | triples(["certificates.k8s.io"], ["certificatesigningrequests"], READ)
+    | triples(["certificates.k8s.io"], ["certificatesigningrequests/status"], ["update"])
 )
-"""Cluster-wide in every mode."""
+"""Cluster-wide in every mode (CertificateSigningRequests are cluster-scoped)."""
 
 EVENTS = triples(["", "events.k8s.io"], ["events"], ["create", "patch"])
 
@@ -56,16 +58,17 @@ SIGNERS: set[NamedPermission] = {
     for verb in ("sign", "attest")
     for name in SIGNER_NAMES
 }
-"""Cluster-wide in every mode: answer PodCertificateRequests, attest ClusterTrustBundles,
-for Signet's own signer domains only."""
+"""Cluster-wide in every mode: answer PodCertificateRequests and CertificateSigningRequests,
+attest ClusterTrustBundles, for Signet's own signer domains only."""
 NOT_SIGNERS: set[NamedPermission] = {
     ("certificates.k8s.io", "signers", verb, name)
     for verb in ("sign", "attest", "approve")
     for name in ("kubernetes.io/*", "example.com/*", "issuers.signet.dev/ns.ca")
 } | {("certificates.k8s.io", "signers", "approve", name) for name in SIGNER_NAMES}
-"""Signer grants Signet never has: other domains, approving (a CSR concept), and a single
-signer's name, which RBAC matches literally (the apiserver's signer check tries the
-name and then its ``<domain>/*`` wildcard)."""
+"""Signer grants Signet never has: other domains, approving (CSR approval stays with
+Kubernetes RBAC and the cluster's approvers), and a single signer's name, which RBAC
+matches literally (the apiserver's signer check tries the name and then its
+``<domain>/*`` wildcard)."""
 
 CLUSTER_PEERING = triples(["kopf.dev"], ["clusterkopfpeerings"], PEERING)
 NAMESPACED_PEERING = triples(["kopf.dev"], ["kopfpeerings"], PEERING)

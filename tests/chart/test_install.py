@@ -43,6 +43,7 @@ CLUSTER_SCOPED = {
     "clusterissuers",
     "clusterkopfpeerings",
     "clustertrustbundles",
+    "certificatesigningrequests",
 }
 
 DENIED_ELSEWHERE: set[Permission] = (

@@ -28,6 +28,7 @@ from signet_dev.controlplane import free_port
 from tests.chart.helm import CHART, helm
 from tests.kms_fixtures import KeyFactory
 from tests.kube import Kube, eventually
+from tests.podcerts import csrs
 from tests.podcerts.requests import (
     answer,
     create_node,
@@ -135,6 +136,7 @@ def test_signet_run_as_the_chart_service_account_issues_a_certificate(
                     "kms": {"cloudKMS": {"keyVersion": key_version}},
                     "x509": {"selfSigned": {}},
                     "podCertificates": {"enabled": True},
+                    "certificateSigningRequests": {"enabled": True},
                 },
             },
         )  # fmt: skip
@@ -178,6 +180,22 @@ def test_signet_run_as_the_chart_service_account_issues_a_certificate(
             assert (answer(answered) or {}).get("type") == "Issued", answered.get("status")
         finally:
             kube.core.delete_node(node["metadata"]["name"])
+        # CertificateSigningRequests (cluster-scoped): watched, and answered with
+        # status.certificate, which takes both certificatesigningrequests/status and sign.
+        user, groups = csrs.service_account(other_namespace, "app")
+        csr = csrs.create_csr(
+            kube,
+            signer,
+            csrs.pkcs10(csrs.generate_key(), dns_names=[f"app.{other_namespace}.svc"]),
+            user=user,
+            groups=[*groups, "system:masters"],  # may create it; Signet reads no groups of it
+        )
+        try:
+            csrs.approve(kube, csr)
+            signed = csrs.wait_answered(kube, csr)
+            assert csrs.certificate(signed), signed.get("status")
+        finally:
+            kube.kubectl("delete", "csr", csr, "--ignore-not-found", "--wait=false")
         eventually(
             lambda: kube.custom.get_cluster_custom_object(
                 "certificates.k8s.io",

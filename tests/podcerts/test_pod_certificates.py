@@ -7,6 +7,7 @@ apiserver's own status validation, OpenSSL and the audit trail.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import subprocess
 import uuid
@@ -19,6 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from prometheus_client.parser import text_string_to_metric_families
 
 from signet.api import GROUP, VERSION
 from signet.controller.trustbundles import ISSUER_LABEL, bundle_name
@@ -31,6 +33,7 @@ from tests.operator.harness import (
     signatures,
     wait_issuer_ready,
 )
+from tests.ops.cli import signet
 from tests.podcerts.requests import (
     KEY_TYPES,
     answer,
@@ -44,6 +47,28 @@ from tests.podcerts.requests import (
 pytestmark = pytest.mark.cluster
 
 OPTED_IN = {"podCertificates": {"enabled": True}}
+
+
+def _request_metrics(operator: OperatorProcess) -> collections.Counter[tuple[str, ...]]:
+    """The operator's request counters: (answer, reason) -> count, plus ("seconds",
+    answer) -> observations, for PodCertificateRequests."""
+    found: collections.Counter[tuple[str, ...]] = collections.Counter()
+    for family in text_string_to_metric_families(operator.metrics()):
+        for sample in family.samples:
+            if sample.labels.get("kind") != "PodCertificateRequest":
+                continue
+            if sample.name == "signet_certificate_requests_total":
+                found[sample.labels["answer"], sample.labels["reason"]] += int(sample.value)
+            elif sample.name == "signet_certificate_request_duration_seconds_count":
+                found["seconds", sample.labels["answer"]] += int(sample.value)
+            elif sample.name == "signet_certificate_requests_waiting":
+                found["waiting",] += int(sample.value)
+    return found
+
+
+def _request_row(output: str, name: str) -> list[str]:
+    (row,) = [line.split() for line in output.splitlines() if f"pcr/{name}" in line.split()]
+    return row
 
 
 def _time(text: str) -> datetime.datetime:
@@ -200,7 +225,9 @@ def test_refusals_are_denied_with_the_rule_that_refused(
     make_issuer: Callable[..., dict[str, Any]],
     cluster_issuer: str,
     kms_counters: Counters,
+    signet_operator: OperatorProcess,
 ) -> None:
+    counted = _request_metrics(signet_operator)
     picky = make_issuer(
         "picky", podCertificates={"enabled": True, "allowedKeyTypes": ["ECDSAP256"]}
     )
@@ -241,6 +268,14 @@ def test_refusals_are_denied_with_the_rule_that_refused(
         assert (condition["type"], condition["reason"]) == ("Denied", reason), (case, condition)
         assert text in condition["message"], (case, condition)
     wait_event(crds, namespace, names["rsa"], "UnsupportedKeyType", type="Warning")
+    # Each answer is counted by its reason, timed, and no longer waiting.
+    denied = collections.Counter(("Denied", reason) for reason, _ in expected.values())
+    wanted = counted + denied + collections.Counter({("seconds", "Denied"): len(names)})
+    eventually(
+        lambda: all(_request_metrics(signet_operator)[k] >= n for k, n in wanted.items()),
+        what=f"request metrics {dict(wanted)}",
+    )
+    assert _request_metrics(signet_operator)["waiting",] == 0
     for issuer in (picky, plain):
         assert signatures(kms_counters, issuer) == before[issuer["metadata"]["name"]]
     # A request for another signer is none of Signet's business.
@@ -270,7 +305,82 @@ def test_a_kms_outage_is_waited_out_and_costs_one_signature(
         what="failed signing attempts",
     )
     assert answer(get_request(crds, namespace, name)) is None
+    # `signet status` shows the waiting request among the problems.
+    waiting = signet("status", "-n", namespace, kubeconfig=crds.kubeconfig)
+    row = _request_row(waiting.out, name)
+    pod_name = pod["metadata"]["name"]
+    assert row == [namespace, f"pcr/{name}", signer, f"pod/{pod_name}", "Pending"], waiting.out
+    assert f"PodCertificateRequest {namespace}/{name}: not answered yet" in waiting.out
     kms_faults.reset()
     condition = answer(wait_answered(crds, namespace, name, timeout=60))
     assert condition is not None and condition["type"] == "Issued", condition
+    body = get_request(crds, namespace, name)
+    settled = signet("status", "-n", namespace, kubeconfig=crds.kubeconfig)
+    assert "Not ready" not in settled.out, settled.out
+    assert _request_row(settled.out, name)[4:] == ["Issued", "Issued", body["status"]["notAfter"]]
     assert kms_counters.count("AsymmetricSign", key_version, "OK") - signed_before == 1
+
+
+def test_dns_names_come_only_from_the_documented_annotation_and_the_policy(
+    crds: Kube,
+    namespace: str,
+    node: dict[str, Any],
+    make_issuer: Callable[..., dict[str, Any]],
+    kms_counters: Counters,
+    signet_operator: OperatorProcess,
+) -> None:
+    issuer = make_issuer(
+        "dns", podCertificates={"enabled": True, "dnsNamesFromUserAnnotations": True}
+    )
+    signer = f"issuers.signet.dev/{namespace}.dns"
+    pod = create_pod(crds, namespace, node["metadata"]["name"], "web", [signer])
+    key = generate_key("ECDSAP256")
+    before = signatures(kms_counters, issuer)
+    asked = f"web.{namespace}.svc, api.{namespace}.svc"
+    granted = create_request(
+        crds, pod, node, signer, key, user_annotations={"signet.dev/dns-names": asked}
+    )
+    foreign = create_request(
+        crds, pod, node, signer, key, user_annotations={"signet.dev/dns-names": "db.bank.svc"}
+    )
+
+    body = wait_answered(crds, namespace, granted)
+    assert answer(body)["type"] == "Issued", answer(body)  # type: ignore[index]
+    leaf = x509.load_pem_x509_certificates(body["status"]["certificateChain"].encode())[0]
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [
+        f"web.{namespace}.svc",
+        f"api.{namespace}.svc",
+    ]
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"spiffe://cluster.local/ns/{namespace}/sa/web"
+    ]
+    (record,) = _pod_audit(signet_operator, "signet.dev/signature", granted)
+    assert record["dnsNames"] == [f"web.{namespace}.svc", f"api.{namespace}.svc"]
+
+    refused = answer(wait_answered(crds, namespace, foreign))
+    assert refused is not None
+    assert (refused["type"], refused["reason"]) == ("Denied", "DNSNameNotAllowed"), refused
+    assert "'db.bank.svc'" in refused["message"] and "policy.allowedDNSNames" in refused["message"]
+    assert signatures(kms_counters, issuer) - before == 1
+    # Deleting the issuer withdraws its ClusterTrustBundle (an Issuer cannot own one).
+    bundle_id = bundle_name(("Issuer", namespace, "dns"))
+    cluster = crds.custom
+    eventually(
+        lambda: cluster.get_cluster_custom_object(
+            "certificates.k8s.io", "v1", "clustertrustbundles", bundle_id
+        ),
+        what=f"ClusterTrustBundle {bundle_id}",
+    )
+    cluster.delete_namespaced_custom_object(GROUP, VERSION, namespace, "issuers", "dns")
+    eventually(
+        lambda: (
+            not any(
+                b["metadata"]["name"] == bundle_id
+                for b in cluster.list_cluster_custom_object(
+                    "certificates.k8s.io", "v1", "clustertrustbundles"
+                )["items"]
+            )
+        ),
+        what=f"ClusterTrustBundle {bundle_id} withdrawn",
+    )

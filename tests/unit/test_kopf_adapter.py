@@ -42,6 +42,7 @@ def test_only_event_handlers_are_registered() -> None:
         "secrets",
         "namespaces",
         "podcertificaterequests",
+        "certificatesigningrequests",
     }
 
 

@@ -22,6 +22,8 @@ NS = "shop"
 KEY = "projects/proj-123/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"
 NOW = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
 ENABLED = {"podCertificates": {"enabled": True}}
+DNS_OK = {"podCertificates": {"enabled": True, "dnsNamesFromUserAnnotations": True}}
+DNS = "signet.dev/dns-names"
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,29 @@ ROWS: list[tuple[str, pc.PodRequest, Facts | None, dict[str, Any], pc.Action, Re
      {}, pc.Action.DENY, Reason.X509_NOT_ENABLED, "does not issue X.509"),
     ("user annotations", request(annotations={"example.com/x": "y"}), issuer(**ENABLED), {},
      pc.Action.DENY, Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS, "'example.com/x'"),
+    ("DNS names not granted to pods", request(annotations={DNS: "web.shop.svc"}),
+     issuer(**ENABLED), {}, pc.Action.DENY, Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
+     "spec.podCertificates.dnsNamesFromUserAnnotations is not true"),
+    ("DNS names beside another key", request(annotations={DNS: "web.shop.svc", "x.io/y": "z"}),
+     issuer(**DNS_OK), {}, pc.Action.DENY, Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
+     "'x.io/y'"),
+    ("DNS name malformed", request(annotations={DNS: "web.shop.svc, Web_1.shop.svc"}),
+     issuer(**DNS_OK), {}, pc.Action.DENY, Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
+     "item 1: DNS name 'Web_1.shop.svc' must be lowercase"),
+    ("DNS name twice", request(annotations={DNS: "web.shop.svc,web.shop.svc"}),
+     issuer(**DNS_OK), {}, pc.Action.DENY, Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
+     "lists a DNS name twice"),
+    ("DNS names too many", request(annotations={DNS: ",".join(f"w{i}.a.svc" for i in range(17))}),
+     issuer(**DNS_OK), {}, pc.Action.DENY, Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
+     "lists 17 DNS names; at most 16"),
+    ("DNS name of another namespace", request(annotations={DNS: "web.shop.svc,db.bank.svc"}),
+     issuer(**DNS_OK), {}, pc.Action.DENY, Reason.DNS_NAME_NOT_ALLOWED,
+     "[1] 'db.bank.svc' is not allowed: it matches none of policy.allowedDNSNames"),
+    ("wildcard DNS name", request(annotations={DNS: "*.web.shop.svc"}),
+     issuer(policy={"allowedDNSNames": ["*.*.{namespace}.svc"]}, **DNS_OK), {},
+     pc.Action.DENY, Reason.WILDCARD_NOT_ALLOWED, "policy.allowWildcards is false"),
+    ("DNS names granted", request(annotations={DNS: "web.shop.svc, api.shop.svc"}),
+     issuer(**DNS_OK), {}, pc.Action.SIGN, Reason.ISSUED, "spiffe://cluster.local/ns/shop/sa/web"),
     ("key type not allowed", request(key_type="RSA3072"),
      issuer(podCertificates={"enabled": True, "allowedKeyTypes": ["ECDSAP256", "ED25519"]}), {},
      pc.Action.DENY, Reason.UNSUPPORTED_KEY_TYPE, "use ECDSAP256 or ED25519"),
@@ -252,3 +277,10 @@ def test_pod_certificates_are_off_unless_enabled() -> None:
     assert settings.allowed_key_types == (
         "RSA3072", "RSA4096", "ECDSAP256", "ECDSAP384", "ECDSAP521", "ED25519"
     )  # fmt: skip
+
+
+def test_granted_dns_names_are_in_the_plan_in_the_order_asked() -> None:
+    asked = request(annotations={DNS: "web.shop.svc, api.shop.svc"})
+    decision = pc.decide(asked, issuer(**DNS_OK), namespace_labels=None, now=NOW)
+    assert decision.plan is not None
+    assert decision.plan.dns_names == ("web.shop.svc", "api.shop.svc")

@@ -27,8 +27,30 @@ DEFAULT_SSH_EXTENSIONS = ("permit-pty",)
 DEFAULT_SSH_CRITICAL_OPTIONS = ("source-address",)
 POD_KEY_TYPES = ("RSA3072", "RSA4096", "ECDSAP256", "ECDSAP384", "ECDSAP521", "ED25519")
 """The kubelet's key types, all of which Signet certifies."""
+POD_DNS_NAMES_ANNOTATION = "signet.dev/dns-names"
+"""The one userAnnotations key Signet's signers read: comma-separated DNS names."""
 MIN_POD_CERTIFICATE_DURATION = datetime.timedelta(hours=1)
 """The shortest lifetime the apiserver accepts in a PodCertificateRequest's status."""
+CSR_USAGES = (
+    "signing",
+    "digital signature",
+    "content commitment",
+    "key encipherment",
+    "key agreement",
+    "data encipherment",
+    "server auth",
+    "client auth",
+    "code signing",
+    "email protection",
+    "s/mime",
+    "timestamping",
+)
+"""The CertificateSigningRequest ``spec.usages`` an issuer may grant: Kubernetes' names for
+what an end-entity certificate may do. CA usages (cert sign, crl sign), "any" and the
+rest are never granted."""
+DEFAULT_CSR_USAGES = ("digital signature", "key encipherment", "server auth", "client auth")
+MIN_CSR_DURATION = datetime.timedelta(minutes=10)
+"""The shortest ``spec.expirationSeconds`` the apiserver accepts on a CSR."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,24 @@ class PodCertificates:
     enabled: bool = False
     default_duration: datetime.timedelta = datetime.timedelta(hours=24)
     allowed_key_types: tuple[str, ...] = POD_KEY_TYPES
+    dns_names_from_user_annotations: bool = False
+    """Whether a pod may ask for DNS names (``POD_DNS_NAMES_ANNOTATION`` in the volume's
+    userAnnotations); each name is still checked against the policy for its namespace."""
+
+
+@dataclass(frozen=True)
+class CertificateSigningRequests:
+    """Whether and for whom the issuer signs Kubernetes CertificateSigningRequests: opt-in,
+    because anyone allowed to create one and anyone allowed to approve it would share the
+    issuer's authority. A ServiceAccount gets what the policy grants its namespace; any
+    other requester only when named here, since it belongs to no namespace the policy
+    could speak for."""
+
+    enabled: bool = False
+    default_duration: datetime.timedelta = datetime.timedelta(hours=24)
+    allowed_usages: tuple[str, ...] = DEFAULT_CSR_USAGES
+    allowed_users: tuple[str, ...] = ()
+    allowed_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +141,9 @@ class IssuerSpec:
     policy: Policy
     namespace_selector: Mapping[str, Any] | None = field(default=None)
     pod_certificates: PodCertificates = field(default_factory=PodCertificates)
+    certificate_signing_requests: CertificateSigningRequests = field(
+        default_factory=CertificateSigningRequests
+    )
 
     @property
     def x509_enabled(self) -> bool:
@@ -183,9 +226,12 @@ def _pod_certificates(raw: Any) -> PodCertificates:
         return PodCertificates()
     if not isinstance(raw, Mapping):
         raise SpecError(Reason.INVALID_SPEC, "spec.podCertificates: expected an object")
-    enabled = raw.get("enabled", False)
-    if not isinstance(enabled, bool):
-        raise SpecError(Reason.INVALID_SPEC, "spec.podCertificates.enabled: expected true or false")
+    enabled, dns_names = raw.get("enabled", False), raw.get("dnsNamesFromUserAnnotations", False)
+    for field_name, value in (("enabled", enabled), ("dnsNamesFromUserAnnotations", dns_names)):
+        if not isinstance(value, bool):
+            raise SpecError(
+                Reason.INVALID_SPEC, f"spec.podCertificates.{field_name}: expected true or false"
+            )
     duration = parse_duration(
         raw.get("defaultDuration", "24h"), field="spec.podCertificates.defaultDuration"
     )
@@ -209,7 +255,55 @@ def _pod_certificates(raw: Any) -> PodCertificates:
                 f"spec.podCertificates.allowedKeyTypes: {key_type[:64]!r} is not one of "
                 f"{', '.join(POD_KEY_TYPES)}",
             )
-    return PodCertificates(enabled, duration, tuple(key_types))
+    return PodCertificates(enabled, duration, tuple(key_types), dns_names)
+
+
+def _csr_strings(raw: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise SpecError(
+            Reason.INVALID_SPEC,
+            f"spec.certificateSigningRequests.{key}: expected a list of non-empty strings",
+        )
+    return tuple(value)
+
+
+def _certificate_signing_requests(raw: Any) -> CertificateSigningRequests:
+    if raw is None:
+        return CertificateSigningRequests()
+    if not isinstance(raw, Mapping):
+        raise SpecError(Reason.INVALID_SPEC, "spec.certificateSigningRequests: expected an object")
+    enabled = raw.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise SpecError(
+            Reason.INVALID_SPEC, "spec.certificateSigningRequests.enabled: expected true or false"
+        )
+    duration = parse_duration(
+        raw.get("defaultDuration", "24h"), field="spec.certificateSigningRequests.defaultDuration"
+    )
+    if duration < MIN_CSR_DURATION:
+        raise SpecError(
+            Reason.INVALID_DURATION,
+            "spec.certificateSigningRequests.defaultDuration must be at least 10m (the "
+            "apiserver's shortest spec.expirationSeconds)",
+        )
+    usages = _csr_strings(raw, "allowedUsages", DEFAULT_CSR_USAGES)
+    for usage in usages:
+        if usage not in CSR_USAGES:
+            raise SpecError(
+                Reason.INVALID_SPEC,
+                f"spec.certificateSigningRequests.allowedUsages: {usage[:64]!r} is not one of "
+                f"{', '.join(CSR_USAGES)}",
+            )
+    return CertificateSigningRequests(
+        enabled=enabled,
+        default_duration=duration,
+        allowed_usages=usages,
+        allowed_users=_csr_strings(raw, "allowedUsers", ()),
+        allowed_groups=_csr_strings(raw, "allowedGroups", ()),
+    )
 
 
 def parse_issuer_spec(
@@ -263,4 +357,7 @@ def parse_issuer_spec(
         policy=_policy(spec.get("policy") or {}),
         namespace_selector=selector,
         pod_certificates=_pod_certificates(spec.get("podCertificates")),
+        certificate_signing_requests=_certificate_signing_requests(
+            spec.get("certificateSigningRequests")
+        ),
     )

@@ -112,6 +112,12 @@ async def pod_certificate_request(event: kopf.RawEvent, memo: kopf.Memo, **_: An
     _runtime(memo).pod_certificate_request_event(event.get("type"), dict(body))
 
 
+@kopf.on.event("certificates.k8s.io", "v1", "certificatesigningrequests")
+async def certificate_signing_request(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["pacer"].handled("certificatesigningrequests", None)
+    _runtime(memo).certificate_signing_request_event(event.get("type"), dict(event["object"]))
+
+
 @kopf.on.event("v1", "secrets")
 async def secret(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     body = event["object"]

@@ -350,6 +350,36 @@ class KubeApi:
         path = _custom_path(CERTIFICATES_GROUP, "v1", "podcertificaterequests", namespace, name)
         return await self.request("PUT", path + "/status", body)
 
+    async def get_certificate_signing_request(self, name: str) -> Obj | None:
+        return await self._get_or_none(
+            _custom_path(CERTIFICATES_GROUP, "v1", "certificatesigningrequests", None, name)
+        )
+
+    async def update_certificate_signing_request_status(self, name: str, body: Obj) -> Obj:
+        """PUT the whole request to /status, ``metadata.resourceVersion`` included: the one
+        write that answers it (status.certificate, or a Failed condition). 409 if it changed
+        since. Setting status.certificate also takes ``sign`` on the request's signer."""
+        path = _custom_path(CERTIFICATES_GROUP, "v1", "certificatesigningrequests", None, name)
+        return await self.request("PUT", path + "/status", body)
+
+    async def delete_cluster_trust_bundle(self, name: str, signer_name: str) -> bool:
+        """Delete the bundle if it is still linked to ``signer_name``; False if it was not
+        there (or belongs to another signer, which is not ours to delete)."""
+        path = (
+            f"{_custom_path(CERTIFICATES_GROUP, 'v1', 'clustertrustbundles', None)}/{quote(name)}"
+        )
+        current = await self._get_or_none(path)
+        if current is None or (current.get("spec") or {}).get("signerName") != signer_name:
+            return False
+        precondition = {"uid": current["metadata"]["uid"]}
+        try:
+            await self.request("DELETE", path, {"preconditions": precondition})
+        except ApiError as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
+
     async def apply_cluster_trust_bundle(
         self, name: str, labels: dict[str, str], signer_name: str, trust_bundle: str
     ) -> bool:

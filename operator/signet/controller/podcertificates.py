@@ -21,8 +21,13 @@ from typing import Any
 from signet import issuance
 from signet.api.issuer import MIN_POD_CERTIFICATE_DURATION
 from signet.api.times import timestamp
-from signet.controller import certstatus
-from signet.controller.certstatus import Failure
+from signet.controller.answering import (
+    NO_ISSUER,
+    Answers,
+    Retries,
+    condition,
+    look_up_issuer,
+)
 from signet.controller.issuers import IssuerController, IssuerId
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.controller.signing import Ledger
@@ -30,6 +35,7 @@ from signet.decisions import podcertificate as pc
 from signet.kms.errors import KmsError
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
+from signet.observe.metrics import Metrics
 from signet.pki import kmskey
 from signet.reasons import Reason
 
@@ -37,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 RequestId = tuple[str, str]
 """(namespace, name) of a PodCertificateRequest."""
+KIND = "PodCertificateRequest"
 
 FRESH_FOR = datetime.timedelta(minutes=4)
 """How long a signed, unwritten certificate may wait for its write: the apiserver wants
@@ -83,6 +90,7 @@ class PodCertificateController:
         *,
         schedule: Callable[[RequestId, float], None],
         namespace_labels: Callable[[str], Awaitable[dict[str, str] | None]],
+        metrics: Metrics | None = None,
         clock: Callable[[], datetime.datetime] = _now,
     ) -> None:
         self._api = api
@@ -93,9 +101,9 @@ class PodCertificateController:
         self._namespace_labels = namespace_labels
         self._clock = clock
         self.pending: dict[RequestId, Obj] = {}
-        self._failures: dict[RequestId, Failure] = {}
+        self._retries: Retries[RequestId] = Retries(schedule, clock)
+        self._answers: Answers[RequestId] = Answers(KIND, metrics)
         self._signed: Ledger[RequestId, Signed] = Ledger(audit)
-        self._waiting: dict[IssuerId, set[RequestId]] = {}
 
     # -- watch input ----------------------------------------------------------------------
     def observe(self, body: Obj, deleted: bool) -> RequestId | None:
@@ -113,26 +121,23 @@ class PodCertificateController:
             self._forget(ident, "it was answered", body)
             return None
         self.pending[ident] = body
-        failure = self._failures.get(ident)
-        if failure is not None and failure.wait(0, self._clock()) is not None:
+        self._answers.seen(ident)
+        if self._retries.backing_off(ident):
             return None  # its retry is scheduled; our own events must not start it early
         return ident
 
     def on_issuer_change(self, issuer: IssuerId) -> None:
         """An issuer became ready, changed or went away: requests waiting on it look again
         now rather than at the end of their backoff."""
-        for ident in self._waiting.pop(issuer, set()):
-            self._failures.pop(ident, None)
-            self._schedule(ident, 0)
+        self._retries.issuer_changed(issuer)
 
     def _forget(self, ident: RequestId, why: str, answered: Obj | None = None) -> None:
         """Done with the request. A certificate still kept for it is accounted for: written
         if the answer is ours (its write succeeded though we have not heard back yet, or
         its answer was lost), else discarded."""
         self.pending.pop(ident, None)
-        self._failures.pop(ident, None)
-        for waiting in self._waiting.values():
-            waiting.discard(ident)
+        self._retries.forget(ident)
+        self._answers.forget(ident)
         kept = self._signed.get(ident)
         chain = ((answered or {}).get("status") or {}).get("certificateChain") or ""
         if kept is not None and chain == kept.leaf.chain_pem.decode():
@@ -158,11 +163,12 @@ class PodCertificateController:
             if pc.answered(body):
                 self._forget(ident, "it was answered", body)
                 return
+            self._answers.seen(ident)
             await self._pass(ident, body)
         except Exception as error:
             if not isinstance(error, ApiError):
                 logger.exception("PodCertificateRequest %s/%s: pass failed", *ident)
-            failure = self._note_failure(ident)
+            failure = self._retries.failed(ident)
             logger.warning(
                 "PodCertificateRequest %s/%s: %s; next attempt at %s",
                 *ident,
@@ -178,20 +184,23 @@ class PodCertificateController:
             await self._answer(ident, body, "Denied", Reason.INVALID_REQUEST, str(error))
             return
         target = pc.issuer_of(request.signer_name)
-        state = None
-        absent = False
-        labels = None
+        found = NO_ISSUER
         if target is not None and not (target[0] == "Issuer" and target[1] != ident[0]):
-            state = self._issuers.states.get(target)
-            if state is None:
-                if target in self._issuers.pending:  # seen, not resolved yet: it wakes us
-                    self._waiting.setdefault(target, set()).add(ident)
-                    return
-                kind, namespace, name = target
-                absent = await self._api.get_object(kind, namespace or None, name) is None
-            if target[0] == "ClusterIssuer":
-                labels = await self._namespace_labels(ident[0])
-        decision = pc.decide(request, state, namespace_labels=labels, now=now, issuer_absent=absent)
+            looked = await look_up_issuer(
+                self._api, self._issuers, target, ident[0], self._namespace_labels
+            )
+            if looked is None:  # seen, not resolved yet: its resolution wakes us
+                self._retries.wait_for(target, ident)
+                return
+            found = looked
+        state = found.state
+        decision = pc.decide(
+            request,
+            state,
+            namespace_labels=found.namespace_labels,
+            now=now,
+            issuer_absent=found.absent,
+        )
         if decision.action is pc.Action.DENY:
             await self._answer(ident, body, "Denied", decision.reason, decision.message)
         elif decision.action is pc.Action.FAIL:
@@ -219,8 +228,8 @@ class PodCertificateController:
         if verdict.action is pc.Action.FAIL:
             await self._answer(ident, body, "Failed", verdict.reason, verdict.message)
             return
-        self._waiting.setdefault(issuer, set()).add(ident)
-        failure = self._note_failure(ident)
+        self._retries.wait_for(issuer, ident)
+        failure = self._retries.failed(ident)
         logger.warning(
             "PodCertificateRequest %s/%s: %s: %s; next attempt at %s",
             *ident,
@@ -260,7 +269,7 @@ class PodCertificateController:
             "notAfter": timestamp(leaf.not_after),
             "beginRefreshAt": timestamp(signed.begin_refresh_at),
             "conditions": [
-                _condition(
+                condition(
                     "Issued",
                     Reason.ISSUED,
                     f"issued {leaf.spiffe_id} serial {leaf.serial}, valid until "
@@ -270,6 +279,7 @@ class PodCertificateController:
             ],
         }
         target = f"PodCertificateRequest {ident[0]}/{ident[1]}"
+        seen = self._answers.first_seen(ident)
         try:
             written = await self._write_status(ident, body, status)
         except ApiError as error:
@@ -277,7 +287,8 @@ class PodCertificateController:
             raise
         if written is None:
             return
-        self._failures.pop(ident, None)
+        self._retries.succeeded(ident)
+        self._answers.answered(ident, "Issued", Reason.ISSUED, seen)
         # Says nothing if the watch saw the answer first and accounted for it.
         self._signed.written(
             ident, target=target, resourceVersion=written["metadata"].get("resourceVersion")
@@ -321,6 +332,7 @@ class PodCertificateController:
                 material,
                 plan.public_key,
                 spiffe_id=plan.spiffe_id,
+                dns_names=plan.dns_names,
                 usages=pc.USAGES,
                 lifetime=plan.lifetime,
                 minimum=MIN_POD_CERTIFICATE_DURATION,
@@ -367,10 +379,12 @@ class PodCertificateController:
         self, ident: RequestId, body: Obj, type_: str, reason: Reason, message: str
     ) -> None:
         """Denied or Failed, final: the kubelet sees it and may ask again with a new request."""
-        status = {"conditions": [_condition(type_, reason, message, self._clock())]}
+        status = {"conditions": [condition(type_, reason, message, self._clock())]}
+        seen = self._answers.first_seen(ident)
         if await self._write_status(ident, body, status) is None:
             return
-        self._failures.pop(ident, None)
+        self._retries.succeeded(ident)
+        self._answers.answered(ident, type_, reason, seen)
         self._signed.discard(ident, "Superseded", f"the request was answered {type_}")
         self._events.post(body, type="Warning", reason=reason, message=message)
         logger.warning("PodCertificateRequest %s/%s: %s %s: %s", *ident, type_, reason, message)
@@ -395,19 +409,3 @@ class PodCertificateController:
                 return None
             raise
         return written
-
-    def _note_failure(self, ident: RequestId) -> Failure:
-        failure = certstatus.next_failure(self._failures.get(ident), 0, self._clock())
-        self._failures[ident] = failure
-        self._schedule(ident, (failure.next_retry - self._clock()).total_seconds())
-        return failure
-
-
-def _condition(type_: str, reason: Reason, message: str, now: datetime.datetime) -> Obj:
-    return {
-        "type": type_,
-        "status": "True",
-        "reason": str(reason),
-        "message": message[:1024],
-        "lastTransitionTime": timestamp(now),
-    }

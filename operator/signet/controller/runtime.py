@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from signet.controller.certificates import CertificateController
+from signet.controller.csrs import CsrController
 from signet.controller.issuers import IssuerController, IssuerId
 from signet.controller.kubeapi import KubeApi, Obj
 from signet.controller.leadership import LeaderGate
@@ -40,6 +41,7 @@ EVENTS_DRAIN_SECONDS = 5.0
 """How long a shutdown goes on posting queued Events (the pod's grace period is 30 s)."""
 TRUST = "TrustBundle"
 POD_CERTIFICATE = "PodCertificateRequest"
+CERTIFICATE_SIGNING_REQUEST = "CertificateSigningRequest"
 CLUSTER_TRUST_BUNDLE = "ClusterTrustBundle"
 Key = tuple[str, str, str]
 """(kind, namespace or "", name): Certificates, Issuers and ClusterIssuers share one queue."""
@@ -129,6 +131,19 @@ class Runtime:
             self.issuers,
             schedule=lambda ident, delay: self.queue.add((POD_CERTIFICATE, *ident), delay),
             namespace_labels=self._labels_of,
+            metrics=self.metrics,
+        )
+        self.csrs = CsrController(
+            self.api,
+            self.events,
+            self.audit,
+            self.issuers,
+            schedule=lambda name, delay: self.queue.add(
+                (CERTIFICATE_SIGNING_REQUEST, "", name), delay
+            ),
+            namespace_labels=self._labels_of,
+            serves=self._serves,
+            metrics=self.metrics,
         )
         self.trust_bundles = ClusterTrustBundlePublisher(self.api)
         # Fill the Secret summaries before any Certificate is looked at, so a restart does
@@ -168,6 +183,12 @@ class Runtime:
             )
         return labels
 
+    def _serves(self, namespace: str | None) -> bool:
+        """Whether this process answers for ``namespace`` (None: for no namespace). A
+        cluster-scoped request is seen by every installation; the one serving its namespace
+        answers it, and requests of no namespace are left to a cluster-wide one."""
+        return not self.config.namespaces or namespace in self.config.namespaces
+
     def _observe_sign(self, observation: SignObservation) -> None:
         if observation.method == "AsymmetricSign":
             self.metrics.kms_sign_seconds.labels(observation.outcome).observe(observation.seconds)
@@ -201,6 +222,8 @@ class Runtime:
             await self.certificates.reconcile(cert_id(namespace, name))
         elif kind == POD_CERTIFICATE:
             await self.pod_certificates.reconcile((namespace, name))
+        elif kind == CERTIFICATE_SIGNING_REQUEST:
+            await self.csrs.reconcile(name)
         elif kind == CLUSTER_TRUST_BUNDLE:
             issuer_kind, issuer_namespace, issuer_name = name.split("/")
             issuer = (issuer_kind, issuer_namespace, issuer_name)
@@ -228,6 +251,7 @@ class Runtime:
 
     def _issuer_changed(self, issuer: IssuerId) -> None:
         self.pod_certificates.on_issuer_change(issuer)
+        self.csrs.on_issuer_change(issuer)
         self.queue.add((CLUSTER_TRUST_BUNDLE, "", "/".join(issuer)))
         for namespace in self.certificates.on_issuer_change(issuer):
             self.queue.add((TRUST, namespace, "/".join(issuer)))
@@ -248,6 +272,12 @@ class Runtime:
         ident = self.pod_certificates.observe(body, event_type == "DELETED")
         if ident is not None:
             self.queue.add((POD_CERTIFICATE, *ident))
+
+    def certificate_signing_request_event(self, event_type: str | None, body: Obj) -> None:
+        self.activity += 1
+        name = self.csrs.observe(body, event_type == "DELETED")
+        if name is not None:
+            self.queue.add((CERTIFICATE_SIGNING_REQUEST, "", name))
 
     def secret_event(self, event_type: str | None, body: Obj) -> None:
         self.activity += 1

@@ -6,6 +6,10 @@ with a ``clusterTrustBundle`` projection naming the same signer, so every issuer
 PodCertificateRequests publishes its trust anchor as a ClusterTrustBundle linked to its
 signer, and republishes it when the CA changes. The per-namespace ConfigMaps
 (`signet.controller.trust`) stay: Certificates' pods mount those.
+
+A bundle is withdrawn only when its issuer is deleted. An outage, a CA that failed to load
+or an issuer that stopped signing pod certificates leaves it in place: pods holding
+certificates from that CA still verify their peers with it until those expire.
 """
 
 from __future__ import annotations
@@ -54,7 +58,9 @@ class ClusterTrustBundlePublisher:
 
     async def publish(self, issuer: IssuerId, state: IssuerState | None) -> bool:
         """Bring the issuer's bundle up to date; False when the write failed (retry)."""
-        if state is None or not state.ready or state.material is None:
+        if state is None:
+            return await self._withdraw_if_deleted(issuer)
+        if not state.ready or state.material is None:
             return True  # left as it is: an outage must not withdraw trust
         material = state.material
         if not material.spec.pod_certificates.enabled or material.chain is None:
@@ -80,4 +86,23 @@ class ClusterTrustBundlePublisher:
             )
             return False
         self._published[issuer] = pem
+        return True
+
+    async def _withdraw_if_deleted(self, issuer: IssuerId) -> bool:
+        """No state: either not resolved yet (nothing to do) or deleted (withdraw)."""
+        kind, namespace, name = issuer
+        try:
+            if await self._api.get_object(kind, namespace or None, name) is not None:
+                return True
+            withdrawn = await self._api.delete_cluster_trust_bundle(
+                bundle_name(issuer), signer_name(kind, namespace, name)
+            )
+        except ApiError as error:
+            logger.warning("%s %s: ClusterTrustBundle not withdrawn: %s", kind, name, error)
+            return False
+        self._published.pop(issuer, None)
+        if withdrawn:
+            logger.info(
+                "%s %s deleted: ClusterTrustBundle %s withdrawn", kind, name, bundle_name(issuer)
+            )
         return True

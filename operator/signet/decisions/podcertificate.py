@@ -32,8 +32,13 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from signet import policy
 from signet.api.duration import format_duration
-from signet.api.issuer import MIN_POD_CERTIFICATE_DURATION
+from signet.api.issuer import (
+    MIN_POD_CERTIFICATE_DURATION,
+    POD_DNS_NAMES_ANNOTATION,
+    IssuerSpec,
+)
 from signet.decisions.gates import IssuerFacts, check_issuer
+from signet.pki.names import validate_dns_name
 from signet.reasons import Reason
 
 CLUSTER_ISSUER_SIGNERS = "clusterissuers.signet.dev/"
@@ -51,6 +56,9 @@ KEY_TYPE_ALGORITHMS = {
     "ED25519": "Ed25519",
 }
 """The kubelet's key types and the policy's name for each one's algorithm."""
+
+MAX_DNS_NAMES = 16
+"""DNS names one pod may ask for: a pod answers for a few service names, not a zone."""
 
 PENDING_LIMIT = datetime.timedelta(minutes=15)
 """How long a request waits out transient failures before it is marked Failed: the kubelet
@@ -98,6 +106,7 @@ class SigningPlan:
     key_type: str
     spiffe_id: str
     lifetime: datetime.timedelta
+    dns_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -244,14 +253,9 @@ def decide(
         )
     if not spec.x509_enabled:
         return _deny(Reason.X509_NOT_ENABLED, f"{spec.ref} does not issue X.509 certificates")
-    if request.user_annotations:
-        keys = sorted(request.user_annotations)
-        shown = ", ".join(repr(k[:64]) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
-        return _deny(
-            Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
-            f"spec.unverifiedUserAnnotations {shown}: Signet's signers recognise no user "
-            "annotations; remove userAnnotations from the podCertificate volume",
-        )
+    dns_names = requested_dns_names(request.user_annotations, spec)
+    if isinstance(dns_names, PodDecision):
+        return dns_names
     try:
         public_key = requested_key(request.stub_pkcs10)
     except ValueError as error:
@@ -270,6 +274,9 @@ def decide(
     denial = policy.check_pod_identity(
         spec, request.namespace, request.service_account_name, KEY_TYPE_ALGORITHMS[kubelet_type]
     )
+    if denial is None and dns_names:
+        field = f"spec.unverifiedUserAnnotations[{POD_DNS_NAMES_ANNOTATION!r}]"
+        denial = policy.check_pod_dns_names(spec, request.namespace, dns_names, field)
     if denial is not None:
         return _deny(denial.reason, denial.message)
     lifetime, limit = min(
@@ -290,8 +297,50 @@ def decide(
         Reason.ISSUED,
         f"issuing {svid} ({kubelet_type}) for pod {request.pod_name!r} on node "
         f"{request.node_name!r}",
-        SigningPlan(public_key, kubelet_type, svid, lifetime),
+        SigningPlan(public_key, kubelet_type, svid, lifetime, dns_names),
     )
+
+
+def requested_dns_names(
+    annotations: Mapping[str, str], spec: IssuerSpec
+) -> tuple[str, ...] | PodDecision:
+    """The DNS names a pod asks for through its volume's userAnnotations, or the denial:
+    the annotations are the pod author's unverified words, so Signet reads exactly one
+    documented key, only where the issuer opted in, and refuses anything else."""
+    if not annotations:
+        return ()
+    unknown = sorted(k for k in annotations if k != POD_DNS_NAMES_ANNOTATION)
+    if unknown:
+        shown = ", ".join(repr(k[:64]) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        return _deny(
+            Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
+            f"spec.unverifiedUserAnnotations {shown}: Signet's signers read only "
+            f"{POD_DNS_NAMES_ANNOTATION!r}; remove the others from the podCertificate volume",
+        )
+    field = f"spec.unverifiedUserAnnotations[{POD_DNS_NAMES_ANNOTATION!r}]"
+    if not spec.pod_certificates.dns_names_from_user_annotations:
+        return _deny(
+            Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
+            f"{field}: {spec.ref} does not grant DNS names to pods: "
+            "spec.podCertificates.dnsNamesFromUserAnnotations is not true",
+        )
+    names = tuple(n.strip() for n in annotations[POD_DNS_NAMES_ANNOTATION].split(","))
+    if len(names) > MAX_DNS_NAMES:
+        return _deny(
+            Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
+            f"{field} lists {len(names)} DNS names; at most {MAX_DNS_NAMES} are accepted",
+        )
+    for index, name in enumerate(names):
+        try:
+            validate_dns_name(name)
+        except ValueError as error:
+            return _deny(
+                Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS,
+                f"{field} item {index}: {error}; expected comma-separated DNS names",
+            )
+    if len(set(names)) != len(names):
+        return _deny(Reason.INVALID_UNVERIFIED_USER_ANNOTATIONS, f"{field} lists a DNS name twice")
+    return names
 
 
 def begin_refresh_at(

@@ -106,6 +106,27 @@ class Metrics:
             "Kubernetes Events not posted because too many were already queued.",
             registry=self.registry,
         )
+        self.requests = Counter(
+            "signet_certificate_requests",
+            "Kubernetes certificate requests answered (PodCertificateRequest, "
+            "CertificateSigningRequest), by kind, answer (Issued, Denied, Failed) and reason.",
+            ["kind", "answer", "reason"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "signet_certificate_request_duration_seconds",
+            "Seconds from this process first seeing a certificate request to its answer "
+            "being written, by kind and answer.",
+            ["kind", "answer"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+            registry=self.registry,
+        )
+        self.requests_waiting = Gauge(
+            "signet_certificate_requests_waiting",
+            "Certificate requests of Signet's signers not answered yet, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "signet_workqueue_depth",
             "Keys due for processing that no worker has taken yet.",

@@ -1,8 +1,12 @@
-"""``signet status``: every Certificate and issuer in one screen, problems spelled out.
+"""``signet status``: every Certificate, issuer and certificate request in one screen,
+problems spelled out.
 
 ``kubectl get`` shows one kind at a time and hides the condition message; when something
-is not Ready the first question is always "which issuer, and why?", so both tables come
-together and each non-Ready object's message is printed under them.
+is not Ready the first question is always "which issuer, and why?", so the tables come
+together and each non-Ready object's message is printed under them. Kubernetes' own
+certificate requests for Signet's signers are listed too, when there are any: a pod whose
+PodCertificateRequest is pending or denied waits in ContainerCreating with no word of why
+on the pod itself.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 from kubernetes.client import ApiException
 
 from signet.api import GROUP, VERSION
+from signet.decisions.podcertificate import is_ours
 from signet.ops.kube import Cluster, api_error
 
 _KINDS = {"issuers": "Issuer", "clusterissuers": "ClusterIssuer"}
@@ -85,6 +90,92 @@ def issuer_row(obj: Mapping[str, Any], with_namespace: bool) -> Row:
     )
 
 
+def _answer(status: Mapping[str, Any], types: tuple[str, ...]) -> Mapping[str, Any]:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") in types and cond.get("status", "True") == "True":
+            return dict(cond)
+    return {}
+
+
+def pod_request_row(obj: Mapping[str, Any]) -> Row:
+    """Pending until Signet answers; Issued, Denied or Failed after (the answer is final)."""
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    answer = _answer(status, ("Issued", "Denied", "Failed"))
+    state = str(answer.get("type", "Pending"))
+    cells = (
+        meta.get("namespace", ""),
+        f"pcr/{meta['name']}",
+        spec.get("signerName", ""),
+        f"pod/{spec.get('podName', '')}",
+        state,
+        answer.get("reason", ""),
+        status.get("notAfter", ""),
+    )
+    return Row(
+        tuple(str(c) for c in cells),
+        "True" if state == "Issued" else "False",
+        str(answer.get("message", "not answered yet")),
+        f"PodCertificateRequest {meta.get('namespace', '')}/{meta['name']}",
+    )
+
+
+def signing_request_row(obj: Mapping[str, Any]) -> Row:
+    """Signet signs a CSR only once it is approved, so an unapproved one is not a problem
+    of Signet's (it waits for its approver) and neither is one the approver denied."""
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    verdict = _answer(status, ("Denied", "Failed"))
+    if verdict:
+        state = str(verdict["type"])
+    elif status.get("certificate"):
+        state = "Issued"
+    elif _answer(status, ("Approved",)):
+        state = "Approved"
+    else:
+        state = "Unapproved"
+    cells = ("", f"csr/{meta['name']}", spec.get("signerName", ""), spec.get("username", ""))
+    problem = state in ("Approved", "Failed")
+    message = "approved, not signed yet" if state == "Approved" else verdict.get("message", "")
+    return Row(
+        tuple(str(c) for c in (*cells, state, verdict.get("reason", ""), "")),
+        "False" if problem else "True",
+        str(message),
+        f"CertificateSigningRequest {meta['name']}",
+    )
+
+
+def _requests(cluster: Cluster, namespace: str | None) -> list[Row]:
+    """Requests for Signet's signers in scope: a namespace's PodCertificateRequests, and
+    the CSRs its ServiceAccounts made (CSRs belong to no namespace)."""
+    api = cluster.custom
+    try:
+        if namespace is None:
+            pcrs = api.list_cluster_custom_object(
+                "certificates.k8s.io", "v1", "podcertificaterequests"
+            )
+        else:
+            pcrs = api.list_namespaced_custom_object(
+                "certificates.k8s.io", "v1", namespace, "podcertificaterequests"
+            )
+        csrs = api.list_cluster_custom_object(
+            "certificates.k8s.io", "v1", "certificatesigningrequests"
+        )
+    except ApiException as error:
+        raise api_error(error, "listing certificate requests") from None
+    rows = [
+        pod_request_row(item)
+        for item in pcrs.get("items") or []
+        if is_ours(str((item.get("spec") or {}).get("signerName") or ""))
+    ]
+    prefix = None if namespace is None else f"system:serviceaccount:{namespace}:"
+    for item in csrs.get("items") or []:
+        spec = item.get("spec") or {}
+        if not is_ours(str(spec.get("signerName") or "")):
+            continue
+        if prefix is None or str(spec.get("username") or "").startswith(prefix):
+            rows.append(signing_request_row(item))
+    return sorted(rows, key=lambda r: r.cells[:2])
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """kubectl's layout: upper-case headers, columns padded to the widest cell."""
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
@@ -144,7 +235,11 @@ def status(cluster: Cluster, namespace: str | None) -> tuple[str, bool]:
         out.append(table(header, [r.cells for r in issuers]))
     else:
         out.append("No Issuers or ClusterIssuers.")
-    problems = [r for r in (*certificates, *issuers) if r.ready != "True"]
+    requests = _requests(cluster, namespace)
+    if requests:
+        header = ("NAMESPACE", "REQUEST", "SIGNER", "FOR", "STATE", "REASON", "NOT AFTER")
+        out += ["", table(header, [r.cells for r in requests])]
+    problems = [r for r in (*certificates, *issuers, *requests) if r.ready != "True"]
     if problems:
         out += ["", "Not ready:"]
         out += [f"  {r.ident}: {r.message}" for r in problems]

@@ -1,0 +1,335 @@
+"""CertificateSigningRequest passes as rows: given a request, issuer state and API faults,
+expect these writes, these audit records and this many KMS signatures.
+
+The Kubernetes side is `tests.recorded_kube.RecordedKube` taught the two calls the CSR
+path makes (status writes conflict on a stale resourceVersion, and status.certificate is
+immutable once set, as the apiserver has it); KMS is the real emulator through the real
+client, so the signature count is KMS's own. The clock is injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import datetime
+import json
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from signet.controller.csrs import KIND, CsrController
+from signet.controller.issuers import IssuerController
+from signet.controller.kubeapi import ApiError, Obj
+from signet.kms.cloudkms import RetryPolicy, close_client, create_client
+from signet.kms.emulator import Counters, EmulatorServer
+from signet.kms.limiter import SignLimiter
+from signet.observe.audit import AuditLog
+from signet.observe.events import EventPoster
+from signet.observe.metrics import Metrics
+from tests.kms_fixtures import KeyFactory
+from tests.operator.harness import issuer_manifest
+from tests.recorded_kube import RecordedKube
+
+T = TypeVar("T")
+NS = "team-a"
+NAME = "csr-1"
+ISSUER = ("Issuer", NS, "ca")
+WRITE = "update_certificate_signing_request_status"
+
+
+class CsrKube(RecordedKube):
+    """RecordedKube with the CertificateSigningRequest calls of `KubeApi`."""
+
+    async def get_certificate_signing_request(self, name: str) -> Obj | None:
+        return await self.get_object(KIND, None, name)
+
+    async def update_certificate_signing_request_status(self, name: str, body: Obj) -> Obj:
+        key = (KIND, "", name)
+        after = self._call(WRITE, key, body)
+        current = self.objects.get(key)
+        if current is None:
+            raise ApiError(404, "NotFound", f"certificatesigningrequests {name!r} not found")
+        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", "the object has been modified")
+        if (current.get("status") or {}).get("certificate"):
+            raise ApiError(422, "Invalid", "status.certificate: field is immutable")
+        current["status"] = copy.deepcopy(body["status"])
+        current["metadata"]["resourceVersion"] = str(next(self._versions))
+        return self._answer(copy.deepcopy(current), after)
+
+
+def _pem_request(dns_name: str) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode()
+
+
+class Bed:
+    """The CSR controller and the issuer controller over a CsrKube, on the real emulator."""
+
+    def __init__(self, address: str, audit_path: Path) -> None:
+        self.api = CsrKube()
+        self.now = datetime.datetime.now(datetime.UTC)
+        self.scheduled: list[tuple[str, float]] = []
+        self.audit_path = audit_path
+        self.metrics = Metrics()
+        audit = AuditLog(audit_path)
+        self.kms = create_client(address)
+        self.events = EventPoster(self.api, home_namespace="signet-system")
+        self.issuers = IssuerController(
+            self.api,  # type: ignore[arg-type]  # the recorded stand-in of KubeApi
+            self.events,
+            audit,
+            kms_client=self.kms,
+            limiter=SignLimiter(None, max_concurrency=4),
+            operator_namespace="signet-system",
+            on_change=lambda issuer: None,
+            schedule=lambda ident, delay: None,
+            retry=RetryPolicy(deadline=1.0, attempt_timeout=1.0),
+        )
+        self.csrs = CsrController(
+            self.api,  # type: ignore[arg-type]
+            self.events,
+            audit,
+            self.issuers,
+            schedule=lambda name, delay: self.scheduled.append((name, delay)),
+            namespace_labels=self._labels,
+            metrics=self.metrics,
+            clock=lambda: self.now,
+        )
+
+    async def _labels(self, namespace: str) -> dict[str, str] | None:
+        return {}
+
+    async def start(self, key_version: str, *, approved: bool = True, **names: str) -> None:
+        """A Ready Issuer that signs CSRs, and a request of its namespace's ServiceAccount."""
+        spec = {"certificateSigningRequests": {"enabled": True}}
+        self.api.put("Issuer", issuer_manifest("ca", key_version, namespace=NS, **spec))
+        await self.issuers.reconcile(ISSUER)
+        await self.events.drain()  # the issuer's own Events are not the request's
+        self.api.events.clear()
+        conditions = [{"type": "Approved", "status": "True", "reason": "Test"}] if approved else []
+        self.api.put(
+            KIND,
+            {
+                "apiVersion": "certificates.k8s.io/v1",
+                "kind": KIND,
+                "metadata": {"name": NAME},
+                "spec": {
+                    "signerName": f"issuers.signet.dev/{NS}.ca",
+                    "request": _pem_request(names.get("dns", f"web.{NS}.svc")),
+                    "username": f"system:serviceaccount:{NS}:web",
+                    "groups": ["system:serviceaccounts"],
+                    "usages": ["digital signature", "server auth"],
+                },
+                "status": {"conditions": conditions},
+            },
+        )
+
+    def approve(self) -> None:
+        body = self.body()
+        body["status"] = {"conditions": [{"type": "Approved", "status": "True"}]}
+        self.api.put(KIND, body)
+
+    def body(self) -> Obj:
+        body = self.api.get(KIND, "", NAME)
+        assert body is not None
+        return copy.deepcopy(body)
+
+    def watch(self) -> str | None:
+        return self.csrs.observe(self.body(), deleted=False)
+
+    async def reconcile(self) -> None:
+        self.scheduled.clear()
+        self.api.calls.clear()
+        await self.csrs.reconcile(NAME)
+        await self.events.drain()
+
+    def answers(self, answer: str, reason: str) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            "signet_certificate_requests_total", {"kind": KIND, "answer": answer, "reason": reason}
+        )
+
+    def waiting(self) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            "signet_certificate_requests_waiting", {"kind": KIND}
+        )
+
+    def certificate(self) -> bytes:
+        return base64.b64decode((self.body().get("status") or {}).get("certificate") or "")
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        lines = self.audit_path.read_text().splitlines() if self.audit_path.exists() else []
+        return [
+            r
+            for r in map(json.loads, lines)
+            if r["kind"] == kind and "certificateSigningRequest" in r
+        ]
+
+    async def close(self) -> None:
+        await self.events.close(within=1)
+        await close_client(self.kms)
+
+
+@pytest.fixture
+def bed(
+    kms_emulator: EmulatorServer, tmp_path: Path
+) -> Callable[[Callable[[Bed], Coroutine[Any, Any, T]]], T]:
+    """Run ``scenario(bed)`` on a fresh event loop with a fresh Bed."""
+
+    def run(scenario: Callable[[Bed], Coroutine[Any, Any, T]]) -> T:
+        async def main() -> T:
+            bed = Bed(kms_emulator.address, tmp_path / "audit.jsonl")
+            try:
+                return await scenario(bed)
+            finally:
+                await bed.close()
+
+        return asyncio.run(main())
+
+    return run
+
+
+@pytest.fixture
+def key(kms_key_factory: KeyFactory) -> str:
+    """A P-256 key of this test's own, so that its signature count is this test's alone."""
+    return kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+
+
+def _signs(counters: Counters, key_version: str) -> int:
+    return counters.count("AsymmetricSign", key_version, "OK")
+
+
+def test_an_approved_request_is_signed_with_one_write_and_two_records(
+    bed: Any, key: str, kms_counters: Counters
+) -> None:
+    async def scenario(bed: Bed) -> None:
+        await bed.start(key)
+        assert bed.watch() == NAME
+        assert bed.waiting() == 1
+        await bed.reconcile()
+        assert [m for m, _ in bed.api.writes()] == [WRITE, "create_event"]
+        assert (bed.answers("Issued", "Issued"), bed.waiting()) == (1, 0)
+        assert bed.certificate().startswith(b"-----BEGIN CERTIFICATE-----")
+        assert [c["type"] for c in bed.body()["status"]["conditions"]] == ["Approved"]
+        (signature,) = bed.records("signet.dev/signature")
+        (delivery,) = bed.records("signet.dev/delivery")
+        assert delivery["outcome"] == "written"
+        assert delivery["serialNumber"] == signature["serialNumber"]
+        assert bed.watch() is None  # answered: never looked at again
+        await bed.reconcile()  # a restart's pass, from the API
+        assert bed.api.writes() == []
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2  # the CA bootstrap and the leaf
+
+
+def test_a_request_not_approved_costs_nothing_until_it_is(
+    bed: Any, key: str, kms_counters: Counters
+) -> None:
+    async def scenario(bed: Bed) -> None:
+        await bed.start(key, approved=False)
+        assert bed.watch() is None
+        await bed.reconcile()  # a pass anyway (a restart): still nothing
+        assert bed.api.writes() == [] and bed.records("signet.dev/signature") == []
+        bed.approve()
+        assert bed.watch() == NAME
+        await bed.reconcile()
+        assert bed.certificate()
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2
+
+
+@pytest.mark.parametrize("status", [500, 503, 429, 403])
+def test_a_failed_status_write_keeps_the_signature_for_the_next_pass(
+    bed: Any, key: str, kms_counters: Counters, status: int
+) -> None:
+    async def scenario(bed: Bed) -> None:
+        await bed.start(key)
+        bed.api.fail(WRITE, status)
+        await bed.reconcile()
+        assert not bed.certificate()
+        assert bed.scheduled == [(NAME, pytest.approx(2))]
+        assert bed.watch() is None  # backing off: watch events do not start it early
+        bed.now += datetime.timedelta(seconds=2)
+        await bed.reconcile()
+        assert bed.certificate()
+        deliveries = bed.records("signet.dev/delivery")
+        assert [d["outcome"] for d in deliveries] == ["write-failed", "written"]
+        assert deliveries[0]["signature"] == deliveries[1]["signature"]
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2  # bootstrap + one leaf, whatever the write did
+
+
+def test_a_write_applied_but_answered_with_an_error_is_recognised_from_the_watch(
+    bed: Any, key: str, kms_counters: Counters
+) -> None:
+    async def scenario(bed: Bed) -> None:
+        await bed.start(key)
+        bed.api.fail(WRITE, 503, applied=True)
+        await bed.reconcile()
+        assert bed.certificate()  # stored, though the answer was an error
+        assert bed.watch() is None  # the watch brings it: accounted for as written
+        assert [d["outcome"] for d in bed.records("signet.dev/delivery")] == [
+            "write-failed",
+            "written",
+        ]
+        bed.now += datetime.timedelta(seconds=2)
+        await bed.reconcile()
+        assert bed.api.writes() == []
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2
+
+
+def test_a_conflict_looks_again_at_once_with_the_same_certificate(
+    bed: Any, key: str, kms_counters: Counters
+) -> None:
+    async def scenario(bed: Bed) -> None:
+        await bed.start(key)
+        bed.api.fail(WRITE, 409)
+        await bed.reconcile()
+        assert bed.scheduled == [(NAME, 0)]
+        await bed.reconcile()
+        assert bed.certificate()
+        (delivery,) = bed.records("signet.dev/delivery")
+        assert delivery["outcome"] == "written"
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2
+
+
+def test_a_refusal_is_one_failed_condition_beside_the_approval(
+    bed: Any, key: str, kms_counters: Counters
+) -> None:
+    async def scenario(bed: Bed) -> None:
+        await bed.start(key, dns="web.billing.svc")
+        await bed.reconcile()
+        assert [m for m, _ in bed.api.writes()] == [WRITE, "create_event"]
+        conditions = bed.body()["status"]["conditions"]
+        assert [(c["type"], c.get("reason")) for c in conditions] == [
+            ("Approved", "Test"),
+            ("Failed", "DNSNameNotAllowed"),
+        ]
+        assert "spec.request dNSName[0] 'web.billing.svc'" in conditions[1]["message"]
+        (event,) = bed.api.events
+        assert (event["type"], event["reason"]) == ("Warning", "DNSNameNotAllowed")
+        assert event["involvedObject"]["kind"] == KIND
+        assert bed.answers("Failed", "DNSNameNotAllowed") == 1
+        assert bed.watch() is None
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 1  # the CA bootstrap only
