@@ -1,4 +1,5 @@
-"""Running the workload on the node and reading what it saw.
+"""Running the workload on the node and reading what it saw: ``signet_dev.pods`` (shared
+with `make demo`) plus what only tests need.
 
 Every wait here is for a state (pod Running, a count reached), never a fixed time: the
 kubelet's pace on a busy two-core machine varies by seconds.
@@ -6,8 +7,6 @@ kubelet's pace on a busy two-core machine varies by seconds.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,98 +14,92 @@ import kubernetes
 import yaml
 
 from signet_dev.node import LocalNode, pod_manifest
-from tests.kube import ROOT, Kube, eventually
+from signet_dev.pods import (
+    EXAMPLES,
+    IDENTITY_DIR,
+    MTLS_SPIFFE,
+    TRUST_DIR,
+    example_objects,
+    mtls_pod,
+    run_pod,
+    spiffe_id,
+    status,
+)
+from tests.kube import Kube, eventually
 
-EXAMPLE = ROOT / "examples" / "mtls-spiffe"
-IDENTITY_DIR = "/var/run/signet/identity"
-TRUST_DIR = "/var/run/signet/trust"
+__all__ = [
+    "EXAMPLE",
+    "IDENTITY_DIR",
+    "POD_CERTIFICATES",
+    "TRUST_DIR",
+    "delete_pod",
+    "example_deployment",
+    "example_objects",
+    "example_workload_pod",
+    "mtls_pod",
+    "run_pod",
+    "spiffe_id",
+    "status",
+    "volume_files",
+    "volume_path",
+]
+
+EXAMPLE = MTLS_SPIFFE
+POD_CERTIFICATES = EXAMPLES / "pod-certificates"
 
 
-def example_objects(namespace: str, example: Path = EXAMPLE) -> list[dict[str, Any]]:
-    """An example's Namespace, ServiceAccounts, Issuer and Certificates moved to
-    ``namespace`` (SPIFFE IDs and DNS names follow), without its Deployments and Services:
-    those name public images; the node tests run the same roles with the local workload."""
-    objects = []
+def example_deployment(example: Path, name: str) -> dict[str, Any]:
+    """One Deployment of an example, as written."""
     for path in sorted(example.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") in (None, "Kustomization", "Deployment", "Service"):
-                continue
-            if doc["kind"] == "Namespace":
-                doc["metadata"]["name"] = namespace
-            else:
-                doc["metadata"]["namespace"] = namespace
-            x509_spec = doc.get("spec", {}).get("x509", {})
-            if "dnsNames" in x509_spec:  # the default policy keeps DNS names in-namespace
-                x509_spec["dnsNames"] = [
-                    n.replace(f".{example.name}.svc", f".{namespace}.svc")
-                    for n in x509_spec["dnsNames"]
-                ]
-            objects.append(doc)
-    return sorted(objects, key=lambda doc: doc["kind"] != "Namespace")  # Namespace first
+            if doc and doc.get("kind") == "Deployment" and doc["metadata"]["name"] == name:
+                result: dict[str, Any] = doc
+                return result
+    raise LookupError(f"no Deployment {name} in {example}")
 
 
-def spiffe_id(namespace: str, account: str) -> str:
-    return f"spiffe://cluster.local/ns/{namespace}/sa/{account}"
+def _flag(command: list[str], name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in command if a.startswith(f"--{name}=")]
+    return value
 
 
-def mtls_pod(
-    name: str,
-    namespace: str,
-    role: str,
-    args: list[str],
-    *,
-    secret: str,
-    service_account: str,
-    bundle: str = "signet-issuer-mesh-ca",
+def example_workload_pod(
+    example: Path, deployment: str, namespace: str, args: list[str]
 ) -> dict[str, Any]:
-    """A workload pod as an app team would write it: the identity Secret and the trust
-    ConfigMap as directory volumes (so renewals reach it). Only tls.crt and tls.key are
-    projected from the Secret, so the CA the pod verifies with can only be the ConfigMap's."""
-    return pod_manifest(
-        name,
+    """A pod-certificates example Deployment's pod as the node runs it: the template's
+    ServiceAccount, pod security context, and the volumes the kubelet writes (signer names
+    moved to ``namespace`` along with the Issuer), mounted where the template mounts them.
+    The example's python app is replaced by the workload (the node pulls no image), reading
+    the very paths the app is given: its ``--credentials`` bundle and ``--trust`` file."""
+    template = example_deployment(example, deployment)["spec"]["template"]
+    spec = template["spec"]
+    (container,) = spec["containers"]
+    command: list[str] = container["command"]
+    role = next(a for a in command if a in ("server", "client"))
+    volumes = [v for v in spec["volumes"] if "projected" in v]
+    for volume in volumes:
+        for source in volume["projected"]["sources"]:
+            for projection in source.values():
+                if "signerName" in projection:
+                    projection["signerName"] = projection["signerName"].replace(
+                        f"issuers.signet.dev/{example.name}.", f"issuers.signet.dev/{namespace}."
+                    )
+    names = {v["name"] for v in volumes}
+    manifest = pod_manifest(
+        deployment,
         namespace,
-        [role, f"--identity={IDENTITY_DIR}", f"--trust={TRUST_DIR}/ca.crt", *args],
-        service_account=service_account,
-        volumes=[
-            {
-                "name": "identity",
-                "secret": {
-                    "secretName": secret,
-                    "defaultMode": 0o440,
-                    "items": [
-                        {"key": "tls.crt", "path": "tls.crt"},
-                        {"key": "tls.key", "path": "tls.key"},
-                    ],
-                },
-            },
-            {"name": "trust", "configMap": {"name": bundle}},
+        [
+            role,
+            f"--bundle={_flag(command, 'credentials')}",
+            f"--trust={_flag(command, 'trust')}",
+            *args,
         ],
-        mounts=[
-            {"name": "identity", "mountPath": IDENTITY_DIR, "readOnly": True},
-            {"name": "trust", "mountPath": TRUST_DIR, "readOnly": True},
-        ],
+        service_account=spec["serviceAccountName"],
+        volumes=volumes,
+        mounts=[m for m in container["volumeMounts"] if m["name"] in names],
     )
-
-
-def run_pod(kube: Kube, node: LocalNode, manifest: dict[str, Any], timeout: float = 90) -> Any:
-    """Apply the pod and wait until its container runs; a timeout shows the pod's status
-    and the kubelet's last words, which is where a node problem explains itself."""
-    kube.apply(manifest)
-    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-
-    def running() -> Any:
-        pod = kube.core.read_namespaced_pod(name, namespace)
-        statuses = pod.status.container_statuses or []
-        if pod.status.phase == "Running" and statuses and statuses[0].state.running:
-            return pod
-        return None
-
-    try:
-        return eventually(running, timeout=timeout, interval=0.2, what=f"pod {namespace}/{name}")
-    except AssertionError as error:
-        pod = kube.core.read_namespaced_pod(name, namespace)
-        kubelet_log = (node.workdir / "kubelet.log").read_text(errors="replace")[-3000:]
-        raise AssertionError(f"{error}\nstatus: {pod.status}\nkubelet:\n{kubelet_log}") from None
+    manifest["spec"]["securityContext"] = spec.get("securityContext", {})
+    return manifest
 
 
 def delete_pod(kube: Kube, namespace: str, name: str) -> None:
@@ -123,16 +116,10 @@ def delete_pod(kube: Kube, namespace: str, name: str) -> None:
     eventually(gone, timeout=60, what=f"pod {namespace}/{name} deleted")
 
 
-def status(port: int) -> dict[str, Any]:
-    """The workload's own report (host networking: its endpoint is on this machine)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
-        result: dict[str, Any] = json.load(response)
-        return result
-
-
 def volume_path(node: LocalNode, pod_uid: str, volume: str, kind: str = "secret") -> Path:
-    """Where the kubelet keeps a pod's Secret or ConfigMap volume: the very files the
-    container has mounted (the kubelet's folder is shared with the host namespace)."""
+    """Where the kubelet keeps a pod's Secret, ConfigMap (``kind``: ``secret``,
+    ``configmap``) or projected volume (``projected``): the very files the container has
+    mounted (the kubelet's folder is shared with the host namespace)."""
     return node.kubelet_root / "pods" / pod_uid / "volumes" / f"kubernetes.io~{kind}" / volume
 
 

@@ -14,14 +14,17 @@ import (
 
 func runClient(args []string) error {
 	flags := flag.NewFlagSet("client", flag.ExitOnError)
-	identity := flags.String("identity", "", "folder holding tls.crt and tls.key")
+	identity := identityFlags(flags)
 	trust := flags.String("trust", "", "PEM file of the CA certificates the server must chain to")
 	connect := flags.String("connect", "127.0.0.1:8443", "server address")
 	expect := flags.String("expect", "", "the SPIFFE ID the server must have")
 	interval := flags.Duration("interval", 200*time.Millisecond, "pause between handshakes")
 	status := flags.String("status", "", "address of the JSON status endpoint (off if empty)")
 	_ = flags.Parse(args)
-	f := files{identity: *identity, trust: *trust}
+	f, err := identity(*trust)
+	if err != nil {
+		return err
+	}
 	rep := newReport()
 	if err := rep.serve(*status); err != nil {
 		return err

@@ -7,19 +7,38 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
 // files names where the identity and the trust anchors live. They are read again for every
-// handshake: the kubelet swaps a Secret volume's files atomically (a `..data` symlink to a
-// fresh folder), so a renewed certificate is in use from the first handshake after the swap,
-// without watching anything or restarting.
+// handshake: the kubelet swaps a Secret or projected volume's files atomically (a `..data`
+// symlink to a fresh folder), so a renewed certificate is in use from the first handshake
+// after the swap, without watching anything or restarting.
 type files struct {
-	identity string // folder with tls.crt and tls.key
+	identity string // folder with tls.crt and tls.key (a Secret volume), or ""
+	bundle   string // a podCertificate credential bundle: key, then chain (leaf first), or ""
 	trust    string // PEM file of the CA certificates to verify peers with
+}
+
+// identityFlags registers the two ways of naming the workload's own key and certificate
+// and returns a constructor that checks exactly one was given.
+func identityFlags(flags *flag.FlagSet) func(trust string) (files, error) {
+	identity := flags.String("identity", "", "folder holding tls.crt and tls.key")
+	bundle := flags.String("bundle", "", "credential bundle file: PEM private key, then the certificate chain (leaf first)")
+	return func(trust string) (files, error) {
+		if (*identity == "") == (*bundle == "") {
+			return files{}, errors.New("give exactly one of --identity and --bundle")
+		}
+		if trust == "" {
+			return files{}, errors.New("--trust is required")
+		}
+		return files{identity: *identity, bundle: *bundle, trust: trust}, nil
+	}
 }
 
 // snapshot resolves the folder's `..data` link once, so tls.crt and tls.key come from the
@@ -34,10 +53,13 @@ func snapshot(folder string) string {
 // certificate loads the current key pair, retrying briefly: a swap between resolving the
 // link and reading the files removes the old folder.
 func (f files) certificate() (*tls.Certificate, error) {
+	source := f.identity
+	if f.bundle != "" {
+		source = f.bundle
+	}
 	var last error
 	for attempt := 0; attempt < 5; attempt++ {
-		dir := snapshot(f.identity)
-		pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+		pair, err := f.load()
 		if err == nil {
 			pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0])
 			if err == nil {
@@ -47,7 +69,47 @@ func (f files) certificate() (*tls.Certificate, error) {
 		last = err
 		time.Sleep(50 * time.Millisecond)
 	}
-	return nil, fmt.Errorf("loading identity from %s: %w", f.identity, last)
+	return nil, fmt.Errorf("loading identity from %s: %w", source, last)
+}
+
+// load reads one version of the key pair. A bundle is a single file, so one read is one
+// version by construction; a folder's two files are read through one resolved `..data`.
+func (f files) load() (tls.Certificate, error) {
+	if f.bundle == "" {
+		dir := snapshot(f.identity)
+		return tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+	}
+	data, err := os.ReadFile(f.bundle)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return splitBundle(data)
+}
+
+// splitBundle turns the kubelet's credential bundle (a PKCS#8 "PRIVATE KEY" block, then
+// "CERTIFICATE" blocks, leaf first) into a key pair; tls.X509KeyPair checks that the key
+// belongs to the leaf.
+func splitBundle(data []byte) (tls.Certificate, error) {
+	var keyPEM, chainPEM []byte
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		switch {
+		case block.Type == "CERTIFICATE":
+			chainPEM = append(chainPEM, pem.EncodeToMemory(block)...)
+		case strings.HasSuffix(block.Type, "PRIVATE KEY") && keyPEM == nil:
+			keyPEM = pem.EncodeToMemory(block)
+		default:
+			return tls.Certificate{}, fmt.Errorf("unexpected %q block in credential bundle", block.Type)
+		}
+	}
+	if keyPEM == nil || chainPEM == nil {
+		return tls.Certificate{}, errors.New("credential bundle needs a private key and a certificate")
+	}
+	return tls.X509KeyPair(chainPEM, keyPEM)
 }
 
 // roots loads the trust anchors and a fingerprint of them, so a test can tell which bundle

@@ -1,7 +1,9 @@
 // Command signet-workload is what the test bed's pods run: a mutual-TLS server or client
-// that reads the files Signet's Secrets and trust ConfigMaps put in a volume, picks up
-// renewed files without a restart, insists on the peer's SPIFFE ID, and reports every
-// handshake (log lines, and JSON on a status endpoint the tests read over host networking).
+// that reads the files Signet's Secrets and trust ConfigMaps put in a volume (--identity
+// folder), or the kubelet's podCertificate credential bundle and ClusterTrustBundle
+// projection (--bundle file), picks up renewed files without a restart, insists on the
+// peer's SPIFFE ID, and reports every handshake (log lines, and JSON on a status endpoint
+// the tests read over host networking).
 //
 // It is also the sandbox ("pause") image of the node: `signet-workload pause` waits for a
 // signal, which is all a pod sandbox's first process has to do.

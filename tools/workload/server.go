@@ -14,13 +14,16 @@ import (
 
 func runServer(args []string) error {
 	flags := flag.NewFlagSet("server", flag.ExitOnError)
-	identity := flags.String("identity", "", "folder holding tls.crt and tls.key")
+	identity := identityFlags(flags)
 	trust := flags.String("trust", "", "PEM file of the CA certificates clients must chain to")
 	listen := flags.String("listen", "127.0.0.1:8443", "address to serve mutual TLS on")
 	allow := flags.String("allow", "", "comma-separated SPIFFE IDs allowed to connect")
 	status := flags.String("status", "", "address of the JSON status endpoint (off if empty)")
 	_ = flags.Parse(args)
-	f := files{identity: *identity, trust: *trust}
+	f, err := identity(*trust)
+	if err != nil {
+		return err
+	}
 	allowed := strings.Split(*allow, ",")
 	rep := newReport()
 	if err := rep.serve(*status); err != nil {
