@@ -4,9 +4,10 @@ Signet exists so that pods mount what it issues; only a real kubelet proves that
 volume carries the files, that renewals reach a running pod, and that the chart's
 Deployment runs. kind would need a container engine and a registry; this node needs
 neither. containerd and runc come from the distribution, the kubelet is built from the same
-Kubernetes module as the apiserver, and the only image (our workload binary, which also
-serves as the pod sandbox) is packed here and imported into containerd. Pods use host
-networking, so no CNI plugin is needed.
+Kubernetes module as the apiserver, and the node's images (our workload binary, which also
+serves as the pod sandbox) are packed here and imported into containerd, as is any other
+image packed with ``pack_image`` (the operator's: ``signet_dev.operator_image``). Pods use
+host networking, so no CNI plugin is needed.
 
 The kubelet assumes it owns the machine, and this module's job is to stop it from changing
 anything outside the node's temporary folder:
@@ -41,9 +42,9 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -90,9 +91,24 @@ def unavailable_reason() -> str | None:
     for tool in ("containerd", "runc", "ctr", "unshare", "mount", "umount"):
         if shutil.which(tool) is None:
             return f"{tool} is missing (apt-get install containerd runc)"
-    if _DEVICE_PLUGINS.joinpath("kubelet.sock").exists():
+    if _DEVICE_PLUGINS.joinpath("kubelet.sock").exists() and not node_lock_held():
+        # Not one of ours (ours hold the lock, and start() queues behind them).
         return "another kubelet is running on this machine"
     return None
+
+
+def node_lock_held() -> bool:
+    """Whether another test session's node holds ``NODE_LOCK`` right now."""
+    if not NODE_LOCK.exists():
+        return False
+    fd = os.open(NODE_LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def node_ip() -> str:
@@ -119,38 +135,136 @@ def _go_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def pack_image(binary: Path, tag: str, entrypoint: list[str], out: Path) -> Path:
-    """A docker-archive holding one static binary at ``/``: what ``ctr images import``
-    reads. Built from our own binary so no base image or registry is involved."""
-    layer_buffer = io.BytesIO()
-    with tarfile.open(fileobj=layer_buffer, mode="w", format=tarfile.PAX_FORMAT) as layer:
-        info = tarfile.TarInfo(binary.name)
-        info.size = binary.stat().st_size
-        info.mode = 0o755
-        with binary.open("rb") as data:
-            layer.addfile(info, data)
-    layer_bytes = layer_buffer.getvalue()
-    diff_id = hashlib.sha256(layer_bytes).hexdigest()
-    config = {
-        "architecture": _go_arch(),
-        "os": "linux",
-        "config": {"Entrypoint": entrypoint, "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
-        "history": [{"created_by": f"signet pack_image {binary.name}"}],
-    }
-    config_bytes = json.dumps(config).encode()
-    config_name = f"{hashlib.sha256(config_bytes).hexdigest()}.json"
-    manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": [f"{diff_id}/layer.tar"]}]
-    with tarfile.open(out, mode="w") as archive:
-        for name, content in (
-            (f"{diff_id}/layer.tar", layer_bytes),
-            (config_name, config_bytes),
-            ("manifest.json", json.dumps(manifest).encode()),
-        ):
-            entry = tarfile.TarInfo(name)
-            entry.size = len(content)
-            archive.addfile(entry, io.BytesIO(content))
+@dataclass(frozen=True)
+class Content:
+    """A file an image gets that exists nowhere on the host (``/etc/passwd``, a rewritten
+    script)."""
+
+    data: bytes
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class Symlink:
+    """A symbolic link pointing where the image needs it to, not where the host's does."""
+
+    target: str
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A folder of its own mode (``/tmp``'s 1777); other folders are made 0755 as needed."""
+
+    mode: int = 0o755
+
+
+ImageEntry = Path | Content | Symlink | Directory
+"""A host path (its file, symlink or folder itself, never its contents) or made-up content."""
+Layer = Mapping[str, ImageEntry]
+"""One image layer: absolute paths in the image to what goes there."""
+
+
+def pack_image(
+    layers: Sequence[Layer],
+    tag: str,
+    out: Path,
+    *,
+    entrypoint: Sequence[str],
+    cmd: Sequence[str] = (),
+    env: Sequence[str] = (),
+    user: str = "",
+    working_dir: str = "/",
+    extra_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """A docker-archive (what ``ctr images import`` reads) of ``layers``, built from files
+    on this machine so that no base image or registry is involved.
+
+    Files keep their host mode and modification time (a ``.pyc`` is only valid next to a
+    source of the same mtime), are owned by root and made world-readable: an image holds no
+    secrets, and its containers run as any uid. Parent folders are added as needed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    diff_ids: list[str] = []
+    layer_files: list[Path] = []
+    try:
+        for index, layer in enumerate(layers):
+            layer_file = out.with_name(f"{out.name}.layer{index}.tmp")
+            layer_files.append(layer_file)
+            diff_ids.append(_write_layer(layer, layer_file))
+        config = {
+            "architecture": _go_arch(),
+            "os": "linux",
+            "config": {
+                "Entrypoint": list(entrypoint),
+                **({"Cmd": list(cmd)} if cmd else {}),
+                **({"Env": list(env)} if env else {}),
+                **({"User": user} if user else {}),
+                "WorkingDir": working_dir,
+                **(extra_config or {}),
+            },
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
+            "history": [
+                {"created_by": f"signet pack_image {tag} layer {i}"} for i in range(len(layers))
+            ],
+        }
+        config_bytes = json.dumps(config).encode()
+        config_name = f"{hashlib.sha256(config_bytes).hexdigest()}.json"
+        layer_names = [f"{diff_id}/layer.tar" for diff_id in diff_ids]
+        manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": layer_names}]
+        partial = out.with_name(f"{out.name}.tmp")
+        with tarfile.open(partial, mode="w") as archive:
+            for name, layer_file in zip(layer_names, layer_files, strict=True):
+                archive.add(layer_file, arcname=name)
+            for name, content in (
+                (config_name, config_bytes),
+                ("manifest.json", json.dumps(manifest).encode()),
+            ):
+                entry = tarfile.TarInfo(name)
+                entry.size = len(content)
+                archive.addfile(entry, io.BytesIO(content))
+        partial.replace(out)
+    finally:
+        for layer_file in layer_files:
+            layer_file.unlink(missing_ok=True)
     return out
+
+
+def _write_layer(layer: Layer, out: Path) -> str:
+    """Write one layer tar (parents before children) and return its sha256 (its diff id)."""
+    wanted = {PurePosixPath(path).relative_to("/"): entry for path, entry in layer.items()}
+    parents = {parent for path in wanted for parent in path.parents if parent.parts}
+    paths = sorted(wanted.keys() | parents, key=lambda p: p.parts)
+    with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for path in paths:
+            entry = wanted.get(path, Directory())
+            name = str(path)
+            if isinstance(entry, Path):
+                info = archive.gettarinfo(str(entry), arcname=name)
+                if info.isdir():
+                    info.mode |= 0o555
+                elif info.isreg() or info.islnk():
+                    info.mode |= 0o444
+            else:
+                info = tarfile.TarInfo(name)
+                if isinstance(entry, Content):
+                    info.size, info.mode = len(entry.data), entry.mode
+                elif isinstance(entry, Symlink):
+                    info.type, info.linkname, info.mode = tarfile.SYMTYPE, entry.target, 0o777
+                else:
+                    info.type, info.mode = tarfile.DIRTYPE, entry.mode
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if isinstance(entry, Path) and info.isreg():
+                with entry.open("rb") as data:
+                    archive.addfile(info, data)
+            elif isinstance(entry, Content):
+                archive.addfile(info, io.BytesIO(entry.data))
+            else:
+                archive.addfile(info)
+    digest = hashlib.sha256()
+    with out.open("rb") as written:
+        while chunk := written.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -292,8 +406,18 @@ disabled_plugins = [
             (PAUSE_IMAGE, ["/signet-workload", "pause"]),
             (WORKLOAD_IMAGE, ["/signet-workload"]),
         ):
-            archive = pack_image(binary, tag, entrypoint, images / f"{tag.split('/')[-1]}.tar")
-            self._ctr("images", "import", str(archive))
+            archive = pack_image(
+                [{"/signet-workload": binary}],
+                tag,
+                images / f"{tag.split('/')[-1]}.tar",
+                entrypoint=entrypoint,
+            )
+            self.import_image(archive)
+
+    def import_image(self, archive: Path) -> None:
+        """Make a docker-archive's image (``pack_image``) runnable here: the node pulls
+        nothing, so pods name it with ``imagePullPolicy: Never``."""
+        self._ctr("images", "import", str(archive))
 
     # kubelet ------------------------------------------------------------------------------
 

@@ -80,6 +80,9 @@ def test_helm_lint_strict(values: dict[str, Any]) -> None:
         ({"image": {"repository": "r", "pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"audit": {"file": "relative/audit.jsonl"}}, "/audit/file"),
         ({"serviceAccount": {"annotations": {"a": 1}}}, "/serviceAccount/annotations/a"),
+        ({"hostNetwork": "true"}, "/hostNetwork"),
+        ({"hostAliases": [{"hostnames": ["kms.internal"]}]}, "/hostAliases/0"),
+        ({"hostAliases": [{"ip": "10.0.0.1", "hostnames": []}]}, "/hostAliases/0/hostnames"),
     ],
 )
 def test_values_schema_rejects(values: dict[str, Any], complaint: str) -> None:
@@ -191,6 +194,8 @@ def test_default_deployment_is_one_standalone_restricted_replica() -> None:
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts == {"tmp": "/tmp"}, "read-only root: only /tmp is writable"
     assert pod["serviceAccountName"] == "sig-signet"
+    for field in ("hostNetwork", "dnsPolicy", "hostAliases"):
+        assert field not in pod, f"{field} is the cluster's default unless asked for"
 
     service = one(manifests, "Service")
     assert service["spec"]["ports"] == [
@@ -228,6 +233,7 @@ def test_every_feature_renders_into_flags_env_and_objects() -> None:
     assert mounts["audit"] == "/var/log/signet"
     assert {v["name"] for v in pod["volumes"]} == {"tmp", "audit"}
     assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["hostAliases"] == ALL_FEATURES["hostAliases"]
 
     account = one(manifests, "ServiceAccount")
     assert account["metadata"]["annotations"] == {
@@ -252,6 +258,14 @@ def test_every_feature_renders_into_flags_env_and_objects() -> None:
     budget = one(manifests, "PodDisruptionBudget")
     assert budget["spec"]["minAvailable"] == 1
     assert "maxUnavailable" not in budget["spec"]
+
+
+def test_host_network_keeps_cluster_dns() -> None:
+    pod = one(render({"hostNetwork": True}), "Deployment")["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    # The operator reaches the API server as kubernetes.default.svc: the node's resolver
+    # alone (the default for host-network pods) would not know that name.
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,9 @@ __all__ = [
     "example_deployment",
     "example_objects",
     "example_workload_pod",
+    "mtls_client_pod",
     "mtls_pod",
+    "mtls_server_pod",
     "run_pod",
     "spiffe_id",
     "status",
@@ -102,6 +104,32 @@ def example_workload_pod(
     return manifest
 
 
+def mtls_server_pod(
+    namespace: str, *, listen: str, allow: str, status_port: int, name: str = "backend"
+) -> dict[str, Any]:
+    """examples/mtls-spiffe's backend: serves mutual TLS on ``listen`` as the ``backend``
+    identity and accepts only the SPIFFE ID ``allow``; reports on ``status_port``."""
+    return mtls_pod(
+        name, namespace, "server",
+        [f"--listen={listen}", f"--allow={allow}", f"--status=127.0.0.1:{status_port}"],
+        secret="backend-svid", service_account="backend",
+    )  # fmt: skip
+
+
+def mtls_client_pod(
+    namespace: str, *, connect: str, expect: str, status_port: int, name: str = "frontend"
+) -> dict[str, Any]:
+    """examples/mtls-spiffe's frontend: calls ``connect`` every 100 ms as the ``frontend``
+    identity and accepts only the SPIFFE ID ``expect`` as the server; reports on
+    ``status_port``."""
+    return mtls_pod(
+        name, namespace, "client",
+        [f"--connect={connect}", f"--expect={expect}", "--interval=100ms",
+         f"--status=127.0.0.1:{status_port}"],
+        secret="frontend-svid", service_account="frontend",
+    )  # fmt: skip
+
+
 def delete_pod(kube: Kube, namespace: str, name: str) -> None:
     """Delete and wait until it is gone, so later counts cannot include it."""
     kube.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
@@ -110,7 +138,7 @@ def delete_pod(kube: Kube, namespace: str, name: str) -> None:
         try:
             kube.core.read_namespaced_pod(name, namespace)
         except kubernetes.client.ApiException as error:
-            return error.status == 404
+            return bool(error.status == 404)
         return False
 
     eventually(gone, timeout=60, what=f"pod {namespace}/{name} deleted")
