@@ -17,7 +17,7 @@ import datetime
 import functools
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography import x509
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from signet.api.certificate import CertificateSpec
 from signet.api.issuer import IssuerSpec
 from signet.api.times import timestamp
+from signet.decisions.leaf import leaf_request
 from signet.kms.signer import KmsPublicKey, Signer
 from signet.pki import keys, kmskey
 from signet.pki import ssh as pki_ssh
@@ -132,6 +133,19 @@ async def _sign_recorded(
     return result, recorded[0]
 
 
+def _audited_names(request: pki_x509.LeafRequest) -> dict[str, Any]:
+    """What a signature record says the leaf names: every kind of name, even where it
+    names none, so records of every path read alike."""
+    return {
+        "spiffeID": request.spiffe_id,
+        "subject": request.subject().rfc4514_string(),
+        "dnsNames": list(request.dns_names),
+        "ipAddresses": list(request.ip_addresses),
+        "uris": [*request.uris, *([request.spiffe_id] if request.spiffe_id else [])],
+        "emailAddresses": list(request.email_addresses),
+    }
+
+
 async def _sign_leaf(
     material: IssuerMaterial,
     chain: CaChain,
@@ -139,9 +153,8 @@ async def _sign_leaf(
     public_key: PublicKeyTypes,
     now: datetime.datetime,
     record: SignatureRecorder,
-    **names: Any,
 ) -> tuple[x509.Certificate, str]:
-    """Sign one X.509 leaf, its audit record (serial, validity, key and ``names``) settled
+    """Sign one X.509 leaf, its audit record (serial, validity, key and names) settled
     before KMS is asked; returns the leaf and the record's id."""
     serial_number = pki_x509.random_serial_number()
     not_before, not_after = pki_x509.leaf_validity(chain.issuer, now, request.duration)
@@ -157,7 +170,7 @@ async def _sign_leaf(
             "notBefore": timestamp(not_before),
             "notAfter": timestamp(not_after),
             "publicKeyFingerprint": keys.spki_fingerprint(public_key),
-            **names,
+            **_audited_names(request),
         },
     )
     return leaf, signature
@@ -178,36 +191,11 @@ async def _issue_x509(
         if request_spec.spiffe_service_account
         else None
     )
-    request = pki_x509.LeafRequest(
-        common_name=request_spec.common_name,
-        organizations=request_spec.subject.organizations,
-        organizational_units=request_spec.subject.organizational_units,
-        countries=request_spec.subject.countries,
-        provinces=request_spec.subject.provinces,
-        localities=request_spec.subject.localities,
-        dns_names=request_spec.dns_names,
-        ip_addresses=request_spec.ip_addresses,
-        uris=request_spec.uris,
-        email_addresses=request_spec.email_addresses,
-        spiffe_id=svid,
-        usages=request_spec.usages,
-        duration=spec.duration,
-    )
+    request = leaf_request(request_spec, spiffe_id=svid, duration=spec.duration)
     public_key = key.public_key()
     uris = [*request_spec.uris, *([svid] if svid else [])]
     leaf, signature = await _sign_leaf(
-        material,
-        chain,
-        request,
-        public_key,
-        datetime.datetime.now(datetime.UTC),
-        record,
-        spiffeID=svid,
-        subject=request.subject().rfc4514_string(),
-        dnsNames=list(request_spec.dns_names),
-        ipAddresses=list(request_spec.ip_addresses),
-        uris=uris,
-        emailAddresses=list(request_spec.email_addresses),
+        material, chain, request, public_key, datetime.datetime.now(datetime.UTC), record
     )
     serial = format(leaf.serial_number, "x")
     annotations = {
@@ -309,8 +297,9 @@ async def _issue_ssh(
 
 @dataclass(frozen=True)
 class IssuedLeaf:
-    """A certificate for a key Signet never held (a PodCertificateRequest's): no Secret,
-    just the chain and what the request's status must repeat of it."""
+    """A certificate for a key Signet never held (a PodCertificateRequest's or a
+    CertificateSigningRequest's): no Secret, just the chain and what the request's status
+    must repeat of it."""
 
     chain_pem: bytes
     """The leaf, then the intermediates: what relying parties are shown."""
@@ -320,29 +309,27 @@ class IssuedLeaf:
     public_key_fingerprint: str
     signature: str
     """The audit id of the signature record."""
-    spiffe_id: str
+    spiffe_id: str | None
 
 
 async def issue_for_public_key(
     material: IssuerMaterial,
     public_key: PublicKeyTypes,
+    request: pki_x509.LeafRequest,
     *,
-    spiffe_id: str,
-    usages: tuple[str, ...],
-    lifetime: datetime.timedelta,
     minimum: datetime.timedelta,
     record: SignatureRecorder,
-    dns_names: tuple[str, ...] = (),
 ) -> IssuedLeaf:
-    """Sign an X509-SVID for ``public_key``. The certificate spans exactly ``lifetime`` from
-    its backdated notBefore (a requester that capped the lifetime, as the apiserver does for
-    pod certificates, counts from notBefore), or less where the CA ends sooner; less than
-    ``minimum`` is refused before KMS is asked. Raises as `issue` does."""
+    """Sign the leaf ``request`` names for ``public_key``, the requester's. The certificate
+    spans exactly ``request.duration`` from its backdated notBefore (a requester that
+    capped the lifetime, as the apiserver does for pod certificates, counts from
+    notBefore), or less where the CA ends sooner; less than ``minimum`` is refused before
+    KMS is asked. Raises as `issue` does."""
     chain = material.chain
     if chain is None:
         raise ValueError(f"{material.spec.ref} has no X.509 CA")
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    duration = lifetime - pki_x509.BACKDATE
+    duration = request.duration - pki_x509.BACKDATE
     not_before, not_after = pki_x509.leaf_validity(chain.issuer, now, duration)
     if not_after - not_before < minimum:
         expires = timestamp(chain.issuer.not_valid_after_utc)
@@ -350,21 +337,8 @@ async def issue_for_public_key(
             f"the CA of {material.spec.ref} expires at {expires}: too soon for a certificate "
             "of the shortest lifetime allowed"
         )
-    request = pki_x509.LeafRequest(
-        spiffe_id=spiffe_id, dns_names=dns_names, usages=usages, duration=duration
-    )
-    leaf, signature = await _sign_leaf(
-        material,
-        chain,
-        request,
-        public_key,
-        now,
-        record,
-        spiffeID=spiffe_id,
-        subject="",
-        uris=[spiffe_id],
-        **({"dnsNames": list(dns_names)} if dns_names else {}),
-    )
+    backdated = replace(request, duration=duration)
+    leaf, signature = await _sign_leaf(material, chain, backdated, public_key, now, record)
     return IssuedLeaf(
         chain_pem=chain.leaf_chain_pem(leaf),
         serial=format(leaf.serial_number, "x"),
@@ -372,5 +346,5 @@ async def issue_for_public_key(
         not_after=leaf.not_valid_after_utc,
         public_key_fingerprint=keys.spki_fingerprint(public_key),
         signature=signature,
-        spiffe_id=spiffe_id,
+        spiffe_id=request.spiffe_id,
     )

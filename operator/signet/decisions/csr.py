@@ -50,15 +50,11 @@ from signet.api.certificate import (
     Subject,
     X509Spec,
 )
-from signet.api.duration import format_duration
 from signet.api.issuer import MIN_CSR_DURATION, IssuerSpec
-from signet.decisions.gates import IssuerFacts, check_issuer
-from signet.decisions.podcertificate import (
-    CLUSTER_ISSUER_SIGNERS,
-    ISSUER_SIGNERS,
-    is_ours,
-    issuer_of,
-)
+from signet.decisions import signers
+from signet.decisions.gates import IssuerFacts, Refusal
+from signet.decisions.leaf import leaf_request
+from signet.decisions.signers import Action, Decision, is_ours, issuer_of
 from signet.pki import keys
 from signet.pki.request import LeafRequest
 from signet.reasons import Reason
@@ -114,12 +110,6 @@ class Phase(enum.Enum):
     """Denied, Failed or already carrying a certificate: never looked at again."""
 
 
-class Action(enum.Enum):
-    SIGN = "sign"
-    FAIL = "fail"
-    WAIT = "wait"
-
-
 @dataclass(frozen=True)
 class CsrRequest:
     """The parts of a CertificateSigningRequest a decision reads."""
@@ -146,12 +136,8 @@ class CsrPlan:
     service_account: tuple[str, str] | None
 
 
-@dataclass(frozen=True)
-class CsrDecision:
-    action: Action
-    reason: Reason
-    message: str
-    plan: CsrPlan | None = None
+CsrDecision = Decision[CsrPlan]
+"""Never DENY: approving is Kubernetes' business, so Signet's refusals are all Failed."""
 
 
 def service_account(username: str) -> tuple[str, str] | None:
@@ -237,40 +223,25 @@ def decide(
     ``namespace_labels`` are the requesting ServiceAccount's namespace's (None: no such
     namespace, or the requester is no ServiceAccount); ``issuer_absent`` says the API
     confirmed there is no such issuer (not merely that this process has not seen it yet)."""
-    target = issuer_of(request.signer_name)
-    if target is None:
-        return _fail(
-            Reason.UNKNOWN_SIGNER,
-            f"spec.signerName {request.signer_name!r} names no issuer: Signet's signers are "
-            f"{CLUSTER_ISSUER_SIGNERS}<name> and {ISSUER_SIGNERS}<namespace>.<name>",
-        )
-    kind, issuer_namespace, name = target
     account = service_account(request.username)
-    if kind == "Issuer" and account is not None and account[0] != issuer_namespace:
-        return _fail(
-            Reason.NAMESPACE_NOT_ALLOWED,
-            f"Issuer {issuer_namespace}/{name} signs only for ServiceAccounts of namespace "
-            f"{issuer_namespace!r}, not spec.username {request.username!r}; use a "
-            "ClusterIssuer to serve several namespaces",
-        )
-    if issuer is None and issuer_absent:
-        where = "" if kind == "ClusterIssuer" else f" in namespace {issuer_namespace!r}"
-        return _fail(
-            Reason.UNKNOWN_SIGNER,
-            f"spec.signerName {request.signer_name!r}: {kind} {name!r} does not exist{where}",
-        )
-    # The namespace whose policy speaks for the requester: a ServiceAccount's own; an
-    # Issuer's for anyone else; none for anyone else of a ClusterIssuer.
-    namespace = account[0] if account else (issuer_namespace if kind == "Issuer" else None)
-    refusal = check_issuer(
-        kind, name, namespace or "", issuer, namespace_labels=namespace_labels if account else {}
+    refusal = signers.check_signer(
+        request.signer_name,
+        "spec.signerName",
+        issuer,
+        issuer_absent=issuer_absent,
+        namespace=account[0] if account else None,
+        namespace_labels=namespace_labels,
+        members="ServiceAccounts of",
+        requester=f"spec.username {request.username!r}",
     )
-    if refusal is not None and account is None and refusal.reason is Reason.NAMESPACE_NOT_ALLOWED:
-        refusal = None  # a namespaceSelector chooses namespaces; allowedUsers/Groups the rest
     if refusal is not None:
         if refusal.reason.permanent:
             return _fail(refusal.reason, refusal.message)
         return CsrDecision(Action.WAIT, refusal.reason, refusal.message)
+    # The namespace whose policy speaks for the requester: a ServiceAccount's own (an
+    # Issuer's, which the gate found to be the same); an Issuer's for anyone else; none
+    # for anyone else of a ClusterIssuer, whose allowedUsers/Groups speak instead.
+    namespace = home_namespace(request.signer_name, request.username)
     assert issuer is not None and issuer.spec is not None
     spec = issuer.spec
     settings = spec.certificate_signing_requests
@@ -384,13 +355,11 @@ def _decide_names(
     ]
     if request.expiration is not None:
         limits.insert(0, (request.expiration, "spec.expirationSeconds of the request"))
-    lifetime, limit = min(limits, key=lambda pair: pair[0])
-    if lifetime < MIN_CSR_DURATION:
-        return _fail(
-            Reason.INVALID_DURATION,
-            f"{limit} is {format_duration(lifetime)}, shorter than the 10m a certificate "
-            "signing request may ask for",
-        )
+    lifetime = signers.lifetime(
+        limits, MIN_CSR_DURATION, "a certificate signing request may ask for"
+    )
+    if isinstance(lifetime, Refusal):
+        return _fail(lifetime.reason, lifetime.message)
     common_name = subject.pop("CN", [None])[0]
     x509_spec = X509Spec(
         common_name=common_name,
@@ -421,21 +390,7 @@ def _decide_names(
     if denial is not None:
         return _fail(denial.reason, _in_request_terms(denial.message))
     try:
-        leaf = LeafRequest(
-            common_name=common_name,
-            organizations=x509_spec.subject.organizations,
-            organizational_units=x509_spec.subject.organizational_units,
-            countries=x509_spec.subject.countries,
-            provinces=x509_spec.subject.provinces,
-            localities=x509_spec.subject.localities,
-            dns_names=x509_spec.dns_names,
-            ip_addresses=x509_spec.ip_addresses,
-            uris=x509_spec.uris,
-            email_addresses=x509_spec.email_addresses,
-            spiffe_id=svid,
-            usages=request.usages,
-            duration=lifetime,
-        )
+        leaf = leaf_request(x509_spec, spiffe_id=svid, duration=lifetime)
         leaf.key_usage(public_key)  # usages the key cannot serve are refused before KMS
     except ValueError as error:
         return _fail(Reason.INVALID_REQUEST, f"spec.request and spec.usages: {error}")

@@ -12,7 +12,10 @@ that the stub CSR is signed by the key it carries.
 Pure: the caller resolves the issuer and the namespace's labels; the clock is passed in.
 Every refusal names its reason and the rule; a request is answered once (its status is
 immutable), so a refusal is final and a transient problem is waited out until the request
-is too old to be worth answering.
+is too old to be worth answering. The signer names, the gate before the pod's own policy
+and the lifetime rule are the ones CertificateSigningRequests meet
+(`signet.decisions.signers`; its names are re-exported here, where callers first found
+them).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import enum
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,12 +39,40 @@ from signet.api.issuer import (
     POD_DNS_NAMES_ANNOTATION,
     IssuerSpec,
 )
-from signet.decisions.gates import IssuerFacts, check_issuer
+from signet.decisions import signers
+from signet.decisions.gates import IssuerFacts, Refusal
+from signet.decisions.signers import (
+    CLUSTER_ISSUER_SIGNERS,
+    ISSUER_SIGNERS,
+    Action,
+    Decision,
+    is_ours,
+    issuer_of,
+    signer_name,
+)
 from signet.pki.names import validate_dns_name
 from signet.reasons import Reason
 
-CLUSTER_ISSUER_SIGNERS = "clusterissuers.signet.dev/"
-ISSUER_SIGNERS = "issuers.signet.dev/"
+__all__ = [
+    "CLUSTER_ISSUER_SIGNERS",
+    "ISSUER_SIGNERS",
+    "Action",
+    "PodDecision",
+    "PodRequest",
+    "SigningPlan",
+    "answered",
+    "begin_refresh_at",
+    "decide",
+    "is_ours",
+    "issuer_of",
+    "key_type",
+    "parse_request",
+    "requested_dns_names",
+    "requested_key",
+    "signer_name",
+    "waiting",
+]
+
 USAGES = ("digital signature", "key encipherment", "server auth", "client auth")
 """An X509-SVID that works on both ends of mutual TLS; key encipherment is dropped for
 non-RSA keys by the leaf builder."""
@@ -69,13 +99,6 @@ JITTER_FRACTION = 0.05
 so pods started together do not all come back in the same second."""
 REFRESH_MARGIN = datetime.timedelta(minutes=10)
 """The apiserver wants beginRefreshAt this far inside the validity period, at both ends."""
-
-
-class Action(enum.Enum):
-    SIGN = "sign"
-    DENY = "deny"
-    WAIT = "wait"
-    FAIL = "fail"
 
 
 @dataclass(frozen=True)
@@ -109,37 +132,7 @@ class SigningPlan:
     dns_names: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class PodDecision:
-    action: Action
-    reason: Reason
-    message: str
-    plan: SigningPlan | None = None
-
-
-def signer_name(kind: str, namespace: str | None, name: str) -> str:
-    """The signer an issuer answers for."""
-    if kind == "ClusterIssuer":
-        return CLUSTER_ISSUER_SIGNERS + name
-    return f"{ISSUER_SIGNERS}{namespace}.{name}"
-
-
-def is_ours(signer: str) -> bool:
-    """Whether Signet answers requests for ``signer`` at all (others are left alone)."""
-    return signer.startswith((CLUSTER_ISSUER_SIGNERS, ISSUER_SIGNERS))
-
-
-def issuer_of(signer: str) -> tuple[str, str, str] | None:
-    """(kind, namespace or "", name) of the issuer behind one of our signers; None when the
-    name cannot name one. A namespace has no dots, so the first dot ends it."""
-    if signer.startswith(CLUSTER_ISSUER_SIGNERS):
-        name = signer.removeprefix(CLUSTER_ISSUER_SIGNERS)
-        return ("ClusterIssuer", "", name) if name and "/" not in name else None
-    if signer.startswith(ISSUER_SIGNERS):
-        namespace, dot, name = signer.removeprefix(ISSUER_SIGNERS).partition(".")
-        if namespace and dot and name and "/" not in name:
-            return ("Issuer", namespace, name)
-    return None
+PodDecision = Decision[SigningPlan]
 
 
 def parse_request(body: Mapping[str, Any]) -> PodRequest:
@@ -216,28 +209,16 @@ def decide(
 ) -> PodDecision:
     """Sign, deny, or wait for the issuer. ``issuer_absent`` says the API confirmed there is
     no such issuer (not merely that this process has not seen it yet)."""
-    target = issuer_of(request.signer_name)
-    if target is None:
-        return _deny(
-            Reason.UNKNOWN_SIGNER,
-            f"signer {request.signer_name!r} names no issuer: Signet's signers are "
-            f"{CLUSTER_ISSUER_SIGNERS}<name> and {ISSUER_SIGNERS}<namespace>.<name>",
-        )
-    kind, issuer_namespace, name = target
-    if kind == "Issuer" and issuer_namespace != request.namespace:
-        return _deny(
-            Reason.NAMESPACE_NOT_ALLOWED,
-            f"Issuer {issuer_namespace}/{name} signs only for pods in namespace "
-            f"{issuer_namespace!r}, not {request.namespace!r}; use a ClusterIssuer to serve "
-            "several namespaces",
-        )
-    if issuer is None and issuer_absent:
-        where = "" if kind == "ClusterIssuer" else f" in namespace {issuer_namespace!r}"
-        return _deny(
-            Reason.UNKNOWN_SIGNER,
-            f"signer {request.signer_name!r}: {kind} {name!r} does not exist{where}",
-        )
-    refusal = check_issuer(kind, name, request.namespace, issuer, namespace_labels=namespace_labels)
+    refusal = signers.check_signer(
+        request.signer_name,
+        "signer",
+        issuer,
+        issuer_absent=issuer_absent,
+        namespace=request.namespace,
+        namespace_labels=namespace_labels,
+        members="pods in",
+        requester=repr(request.namespace),
+    )
     if refusal is not None:
         if refusal.reason.permanent:
             return _deny(refusal.reason, refusal.message)
@@ -254,7 +235,7 @@ def decide(
     if not spec.x509_enabled:
         return _deny(Reason.X509_NOT_ENABLED, f"{spec.ref} does not issue X.509 certificates")
     dns_names = requested_dns_names(request.user_annotations, spec)
-    if isinstance(dns_names, PodDecision):
+    if isinstance(dns_names, Decision):
         return dns_names
     try:
         public_key = requested_key(request.stub_pkcs10)
@@ -279,18 +260,17 @@ def decide(
         denial = policy.check_pod_dns_names(spec, request.namespace, dns_names, field)
     if denial is not None:
         return _deny(denial.reason, denial.message)
-    lifetime, limit = min(
-        (request.max_expiration, "spec.maxExpirationSeconds of the request"),
-        (settings.default_duration, f"spec.podCertificates.defaultDuration of {spec.ref}"),
-        (spec.policy.max_duration, f"policy.maxDuration of {spec.ref}"),
-        key=lambda pair: pair[0],
+    lifetime = signers.lifetime(
+        [
+            (request.max_expiration, "spec.maxExpirationSeconds of the request"),
+            (settings.default_duration, f"spec.podCertificates.defaultDuration of {spec.ref}"),
+            (spec.policy.max_duration, f"policy.maxDuration of {spec.ref}"),
+        ],
+        MIN_POD_CERTIFICATE_DURATION,
+        "the apiserver accepts for a pod certificate",
     )
-    if lifetime < MIN_POD_CERTIFICATE_DURATION:
-        return _deny(
-            Reason.INVALID_DURATION,
-            f"{limit} is {format_duration(lifetime)}, shorter than the 1h the apiserver "
-            "accepts for a pod certificate",
-        )
+    if isinstance(lifetime, Refusal):
+        return _deny(lifetime.reason, lifetime.message)
     svid = policy.spiffe_id(spec.trust_domain, request.namespace, request.service_account_name)
     return PodDecision(
         Action.SIGN,
