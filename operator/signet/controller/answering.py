@@ -302,10 +302,6 @@ class RequestController(abc.ABC, Generic[K, R, P]):
     @abc.abstractmethod
     def _decide(self, request: R, found: IssuerLookup, now: datetime.datetime) -> Decision[P]: ...
 
-    def _waiting(self, request: R, reason: Reason, message: str) -> Decision[P]:
-        """Whether a transient problem is still worth waiting out; by default always."""
-        return Decision(Action.WAIT, reason, message)
-
     @abc.abstractmethod
     def _leaf(self, plan: P) -> tuple[PublicKeyTypes, LeafRequest]:
         """The requester's key and the leaf to sign for it (ValueError: refused, Failed)."""
@@ -458,11 +454,9 @@ class RequestController(abc.ABC, Generic[K, R, P]):
         self, ident: K, body: Obj, request: R, reason: Reason, message: str, issuer: IssuerId
     ) -> None:
         """A transient problem: retry on the backoff schedule (sooner if the issuer
-        changes), while the request is still worth answering."""
-        verdict = self._waiting(request, reason, message)
-        if verdict.action is Action.FAIL:
-            await self._answer(ident, body, "Failed", verdict.reason, verdict.message)
-            return
+        changes) for as long as the request exists. Never Failed: the kubelet takes that
+        as final for the pod, while a request left pending is eventually deleted by the
+        controller-manager's cleaner and asked for again."""
         self._retries.wait_for(issuer, ident)
         failure = self._retries.failed(ident)
         if self.EVENT_WHILE_WAITING:

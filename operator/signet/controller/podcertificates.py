@@ -78,10 +78,6 @@ class PodCertificateController(RequestController[RequestId, pc.PodRequest, pc.Si
             issuer_absent=found.absent,
         )
 
-    def _waiting(self, request: pc.PodRequest, reason: Reason, message: str) -> pc.PodDecision:
-        """Until the request is too old: then Failed, and the kubelet may ask again."""
-        return pc.waiting(request, reason, message, self._clock())
-
     def _leaf(self, plan: pc.SigningPlan) -> tuple[PublicKeyTypes, LeafRequest]:
         leaf = LeafRequest(
             spiffe_id=plan.spiffe_id,

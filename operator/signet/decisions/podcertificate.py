@@ -33,7 +33,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from signet import policy
-from signet.api.duration import format_duration
 from signet.api.issuer import (
     MIN_POD_CERTIFICATE_DURATION,
     POD_DNS_NAMES_ANNOTATION,
@@ -70,7 +69,6 @@ __all__ = [
     "requested_dns_names",
     "requested_key",
     "signer_name",
-    "waiting",
 ]
 
 USAGES = ("digital signature", "key encipherment", "server auth", "client auth")
@@ -90,9 +88,6 @@ KEY_TYPE_ALGORITHMS = {
 MAX_DNS_NAMES = 16
 """DNS names one pod may ask for: a pod answers for a few service names, not a zone."""
 
-PENDING_LIMIT = datetime.timedelta(minutes=15)
-"""How long a request waits out transient failures before it is marked Failed: the kubelet
-keeps the pod waiting meanwhile, and Failed lets it ask again rather than wait for ever."""
 REFRESH_FRACTION = 2 / 3
 JITTER_FRACTION = 0.05
 """beginRefreshAt moves earlier by up to this share of the lifetime, spread by request UID,
@@ -222,7 +217,10 @@ def decide(
     if refusal is not None:
         if refusal.reason.permanent:
             return _deny(refusal.reason, refusal.message)
-        return waiting(request, refusal.reason, refusal.message, now)
+        # Waited out however long it takes, never Failed: the kubelet treats Failed as
+        # final for the pod, while a request left pending is deleted by the controller-
+        # manager's cleaner and the kubelet then asks again.
+        return PodDecision(Action.WAIT, refusal.reason, refusal.message)
     assert issuer is not None and issuer.spec is not None
     spec = issuer.spec
     settings = spec.pod_certificates
@@ -337,17 +335,3 @@ def begin_refresh_at(
 
 def _deny(reason: Reason, message: str) -> PodDecision:
     return PodDecision(Action.DENY, reason, message)
-
-
-def waiting(
-    request: PodRequest, reason: Reason, message: str, now: datetime.datetime
-) -> PodDecision:
-    """Wait out a transient ``reason``, or give up (Failed) once the request is too old."""
-    if request.created is not None and now - request.created > PENDING_LIMIT:
-        return PodDecision(
-            Action.FAIL,
-            reason,
-            f"{message}; gave up after {format_duration(PENDING_LIMIT)} of retries (the "
-            "kubelet may ask again)",
-        )
-    return PodDecision(Action.WAIT, reason, message)
