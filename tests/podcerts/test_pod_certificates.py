@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from signet.api import GROUP, VERSION
 from signet.controller.trustbundles import ISSUER_LABEL, bundle_name
+from signet.kms.algorithms import ALGORITHMS
 from signet.kms.emulator import Counters, Faults
 from tests.kms_fixtures import KeyFactory
 from tests.kube import Kube, eventually, wait_event
@@ -384,3 +386,39 @@ def test_dns_names_come_only_from_the_documented_annotation_and_the_policy(
         ),
         what=f"ClusterTrustBundle {bundle_id} withdrawn",
     )
+
+
+@functools.cache
+def _requester_key(key_type: str) -> Any:
+    """One key per kubelet key type for the whole module: RSA generation is slow."""
+    return generate_key(key_type)
+
+
+@pytest.mark.parametrize(
+    "algorithm", [a for a in ALGORITHMS if a != "EC_SIGN_P256_SHA256"]
+)  # P-256 above
+def test_every_issuer_key_algorithm_signs_every_key_type(
+    crds: Kube,
+    namespace: str,
+    node: dict[str, Any],
+    make_issuer: Callable[..., dict[str, Any]],
+    kms_counters: Counters,
+    algorithm: str,
+    tmp_path: Path,
+) -> None:
+    # OpenSSH has no RSA-PSS signatures: such a CA issues X.509 only.
+    ssh = {"enabled": not algorithm.startswith("RSA_SIGN_PSS")}
+    issuer = make_issuer("ca", algorithm=algorithm, ssh=ssh, **OPTED_IN)
+    ca_pem = issuer["status"]["caCertificate"]
+    ca = x509.load_pem_x509_certificate(ca_pem.encode())
+    signer = f"issuers.signet.dev/{namespace}.ca"
+    pod = create_pod(crds, namespace, node["metadata"]["name"], "web", [signer])
+    before = signatures(kms_counters, issuer)
+    names = {t: create_request(crds, pod, node, signer, _requester_key(t)) for t in KEY_TYPES}
+    for key_type, name in names.items():
+        body = wait_answered(crds, namespace, name)
+        assert (answer(body) or {}).get("type") == "Issued", (key_type, answer(body))
+        leaf = x509.load_pem_x509_certificates(body["status"]["certificateChain"].encode())[0]
+        assert leaf.signature_algorithm_oid == ca.signature_algorithm_oid, key_type
+        _openssl_verify(tmp_path, body["status"]["certificateChain"], ca_pem)
+    assert signatures(kms_counters, issuer) - before == len(KEY_TYPES)
