@@ -180,6 +180,8 @@ class LocalControlPlane(Started):
                 f"--client-ca-file={creds.ca_cert}",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
+                # Off by default: the PodCertificateRequest API older kubelets still use.
+                "--runtime-config=certificates.k8s.io/v1beta1/podcertificaterequests=true",
                 # Logs and exec reach the kubelet as the admin; its certificate is checked.
                 f"--kubelet-client-certificate={creds.admin_cert}",
                 f"--kubelet-client-key={creds.admin_key}",

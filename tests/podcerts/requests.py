@@ -10,13 +10,14 @@ requests as the node, through kubectl's impersonation.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from tests.kube import Kube, eventually
@@ -47,6 +48,23 @@ def stub_csr(key: PrivateKeyTypes) -> str:
         )
     )
     return base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode()
+
+
+def proof_of_possession(key: PrivateKeyTypes, pod_uid: str) -> str:
+    """v1beta1's proof: the pod UID's ASCII bytes signed as Go's crypto does (Ed25519 over
+    the bytes; ECDSA and RSA-PSS over their SHA-256), base64."""
+    data = pod_uid.encode()
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        signature = key.sign(data)
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        signature = key.sign(
+            hashlib.sha256(data).digest(), ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+        )
+    else:
+        assert isinstance(key, rsa.RSAPrivateKey)
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
+        signature = key.sign(data, pss, hashes.SHA256())
+    return base64.b64encode(signature).decode()
 
 
 def create_node(kube: Kube) -> dict[str, Any]:
@@ -125,9 +143,11 @@ def create_request(
     max_expiration_seconds: int | None = None,
     user_annotations: dict[str, str] | None = None,
     check: bool = True,
+    v1beta1: bool = False,
 ) -> str:
     """Create a request as the node (``as_node`` impersonates another); its name, or the
-    apiserver's refusal when ``check`` is false."""
+    apiserver's refusal when ``check`` is false. ``v1beta1`` asks as a kubelet older than
+    v1.36 does: the key as ``pkixPublicKey`` with a proof of possession, no stub CSR."""
     namespace = pod["metadata"]["namespace"]
     account = pod["spec"]["serviceAccountName"]
     sa = kube.core.read_namespaced_service_account(account, namespace)
@@ -139,14 +159,22 @@ def create_request(
         "serviceAccountUID": sa.metadata.uid,
         "nodeName": node["metadata"]["name"],
         "nodeUID": node["metadata"]["uid"],
-        "stubPKCS10Request": stub_csr(key),
     }
+    if v1beta1:
+        spec["pkixPublicKey"] = base64.b64encode(
+            key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        ).decode()
+        spec["proofOfPossession"] = proof_of_possession(key, pod["metadata"]["uid"])
+    else:
+        spec["stubPKCS10Request"] = stub_csr(key)
     if max_expiration_seconds is not None:
         spec["maxExpirationSeconds"] = max_expiration_seconds
     if user_annotations:
         spec["unverifiedUserAnnotations"] = user_annotations
     body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": f"{GROUP}/{'v1beta1' if v1beta1 else VERSION}",
         "kind": "PodCertificateRequest",
         "metadata": {
             "generateName": "req-",

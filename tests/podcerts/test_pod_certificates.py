@@ -422,3 +422,29 @@ def test_every_issuer_key_algorithm_signs_every_key_type(
         assert leaf.signature_algorithm_oid == ca.signature_algorithm_oid, key_type
         _openssl_verify(tmp_path, body["status"]["certificateChain"], ca_pem)
     assert signatures(kms_counters, issuer) - before == len(KEY_TYPES)
+
+
+def test_a_v1beta1_kubelet_request_is_signed_for_its_pkix_public_key(
+    crds: Kube,
+    namespace: str,
+    node: dict[str, Any],
+    make_issuer: Callable[..., dict[str, Any]],
+    kms_counters: Counters,
+) -> None:
+    """Kubelets older than v1.36 send the key as v1beta1's pkixPublicKey (v1 has no field
+    for it); the test bed serves v1beta1, as a cluster with such nodes would."""
+    issuer = make_issuer("ca", **OPTED_IN)
+    signer = f"issuers.signet.dev/{namespace}.ca"
+    pod = create_pod(crds, namespace, node["metadata"]["name"], "web", [signer])
+    before = signatures(kms_counters, issuer)
+    keys = {t: _requester_key(t) for t in ("ECDSAP384", "RSA3072", "ED25519")}
+    names = {t: create_request(crds, pod, node, signer, k, v1beta1=True) for t, k in keys.items()}
+    for key_type, name in names.items():
+        body = wait_answered(crds, namespace, name)
+        assert (answer(body) or {}).get("type") == "Issued", (key_type, answer(body))
+        leaf = x509.load_pem_x509_certificates(body["status"]["certificateChain"].encode())[0]
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        assert leaf.public_key().public_bytes(serialization.Encoding.DER, spki) == keys[
+            key_type
+        ].public_key().public_bytes(serialization.Encoding.DER, spki)
+    assert signatures(kms_counters, issuer) - before == len(keys)

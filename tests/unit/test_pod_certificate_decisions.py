@@ -246,7 +246,17 @@ def test_parse_request_and_answered() -> None:
     parsed = pc.parse_request(body)
     assert parsed.max_expiration == datetime.timedelta(hours=24)
     assert parsed.created == NOW - datetime.timedelta(minutes=1)
-    assert pc.key_type(pc.requested_key(parsed.stub_pkcs10)) == "ED25519"
+    assert pc.key_type(pc.requested_key(parsed)) == "ED25519"
+    # A v1beta1 kubelet's request: the key as pkixPublicKey, no stub.
+    der = key("ECDSAP384").public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    beta = {**body, "spec": {**body["spec"], "stubPKCS10Request": ""}}
+    beta["spec"]["pkixPublicKey"] = base64.b64encode(der).decode()
+    assert pc.key_type(pc.requested_key(pc.parse_request(beta))) == "ECDSAP384"
+    del beta["spec"]["pkixPublicKey"]
+    with pytest.raises(ValueError, match="carries no key.*v1beta1 served"):
+        pc.requested_key(pc.parse_request(beta))
     assert not pc.answered(body)
     assert pc.answered({**body, "status": {"conditions": [{"type": "Denied"}]}})
     assert not pc.answered({**body, "status": {"conditions": [{"type": "SomethingElse"}]}})

@@ -328,6 +328,11 @@ class RequestController(abc.ABC, Generic[K, R, P]):
     def _refused(self, body: Obj, type_: str, reason: Reason, message: str) -> Obj:
         """The status of a final refusal (``type_`` is its condition)."""
 
+    async def _readable(self, ident: K, body: Obj) -> Obj:
+        """The body to parse the request from: by default the one watched. Writes always
+        go to the watched body."""
+        return body
+
     @abc.abstractmethod
     def _chain_in(self, body: Obj) -> bytes:
         """The PEM chain an answered body carries; empty if none."""
@@ -419,7 +424,7 @@ class RequestController(abc.ABC, Generic[K, R, P]):
     async def _pass(self, ident: K, body: Obj) -> None:
         now = self._clock()
         try:
-            request = self._parse(body)
+            request = self._parse(await self._readable(ident, body))
         except ValueError as error:
             await self._answer(ident, body, self.UNREADABLE, Reason.INVALID_REQUEST, str(error))
             return

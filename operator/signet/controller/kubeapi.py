@@ -337,9 +337,12 @@ class KubeApi:
         await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
 
     # PodCertificateRequests and ClusterTrustBundles (certificates.k8s.io) ----------------
-    async def get_pod_certificate_request(self, namespace: str, name: str) -> Obj | None:
+    async def get_pod_certificate_request(
+        self, namespace: str, name: str, version: str = "v1"
+    ) -> Obj | None:
+        """None if there is no such request, or ``version`` is not served."""
         return await self._get_or_none(
-            _custom_path(CERTIFICATES_GROUP, "v1", "podcertificaterequests", namespace, name)
+            _custom_path(CERTIFICATES_GROUP, version, "podcertificaterequests", namespace, name)
         )
 
     async def update_pod_certificate_request_status(

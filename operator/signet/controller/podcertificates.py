@@ -6,8 +6,9 @@ through the issuer's KMS key, audited the moment KMS answers (`signet.issuance`)
 (one PUT to the request's /status) -> a delivery record -> the next look on the one work
 queue. The life cycle around the decision is the CertificateSigningRequests' too
 (`signet.controller.answering`); what is the pods' own is here: the request's namespace,
-its Denied condition, a wait that gives up once the request is too old, the kubelet's
-refresh time in the status, and the pod, node and ServiceAccount in the audit record.
+its Denied condition, the key of a request an older kubelet made through v1beta1, the
+kubelet's refresh time in the status, and the pod, node and ServiceAccount in the audit
+record.
 """
 
 from __future__ import annotations
@@ -136,6 +137,17 @@ class PodCertificateController(RequestController[RequestId, pc.PodRequest, pc.Si
     def _chain_in(self, body: Obj) -> bytes:
         chain = (body.get("status") or {}).get("certificateChain") or ""
         return str(chain).encode()
+
+    async def _readable(self, ident: RequestId, body: Obj) -> Obj:
+        """A kubelet older than v1.36 asks through v1beta1 with ``pkixPublicKey`` (and a
+        proof of possession the apiserver checked) instead of the stub CSR; v1 has no
+        field for that key, so such a request is read again through v1beta1 where the
+        apiserver serves it."""
+        if (body.get("spec") or {}).get("stubPKCS10Request"):
+            return body
+        beta = await self._api.get_pod_certificate_request(*ident, version="v1beta1")
+        key = ((beta or {}).get("spec") or {}).get("pkixPublicKey")
+        return {**body, "spec": {**body["spec"], "pkixPublicKey": key}} if key else body
 
     async def _get(self, ident: RequestId) -> Obj | None:
         return await self._api.get_pod_certificate_request(*ident)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
@@ -112,6 +114,8 @@ class PodRequest:
     node_uid: str
     max_expiration: datetime.timedelta
     stub_pkcs10: bytes
+    pkix_public_key: bytes = b""
+    """Set instead of the stub by kubelets that ask through v1beta1."""
     user_annotations: Mapping[str, str] = field(default_factory=dict)
     created: datetime.datetime | None = None
 
@@ -134,10 +138,6 @@ def parse_request(body: Mapping[str, Any]) -> PodRequest:
     """A request body as the watch delivers it; ValueError for one that cannot be read."""
     metadata = body.get("metadata") or {}
     spec = body.get("spec") or {}
-    try:
-        stub = base64.b64decode(spec.get("stubPKCS10Request") or "", validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("spec.stubPKCS10Request is not base64") from None
     created = metadata.get("creationTimestamp")
     annotations = spec.get("unverifiedUserAnnotations") or {}
     return PodRequest(
@@ -152,10 +152,18 @@ def parse_request(body: Mapping[str, Any]) -> PodRequest:
         node_name=str(spec.get("nodeName") or ""),
         node_uid=str(spec.get("nodeUID") or ""),
         max_expiration=datetime.timedelta(seconds=int(spec.get("maxExpirationSeconds") or 86400)),
-        stub_pkcs10=stub,
+        stub_pkcs10=_base64(spec, "stubPKCS10Request"),
+        pkix_public_key=_base64(spec, "pkixPublicKey"),
         user_annotations=dict(annotations) if isinstance(annotations, Mapping) else {},
         created=datetime.datetime.fromisoformat(created) if isinstance(created, str) else None,
     )
+
+
+def _base64(spec: Mapping[str, Any], field: str) -> bytes:
+    try:
+        return base64.b64decode(spec.get(field) or "", validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"spec.{field} is not base64") from None
 
 
 def answered(body: Mapping[str, Any]) -> bool:
@@ -182,16 +190,26 @@ def key_type(public_key: PublicKeyTypes) -> str | None:
     return None
 
 
-def requested_key(stub_pkcs10: bytes) -> PublicKeyTypes:
-    """The public key of the stub CSR. Its signature was verified by the apiserver on
+def requested_key(request: PodRequest) -> PublicKeyTypes:
+    """The key to certify: the stub CSR's, or (from a v1beta1 kubelet) ``pkixPublicKey``.
+    The apiserver verified the stub's signature, or the proof of possession, on
     admission; only the key is used, the (empty) subject and any extensions never are."""
-    try:
-        csr = x509.load_der_x509_csr(stub_pkcs10)
-        return csr.public_key()
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            f"spec.stubPKCS10Request is not a readable PKCS#10 request: {error}"
-        ) from None
+    if request.stub_pkcs10:
+        try:
+            return x509.load_der_x509_csr(request.stub_pkcs10).public_key()
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"spec.stubPKCS10Request is not a readable PKCS#10 request: {error}"
+            ) from None
+    if request.pkix_public_key:
+        try:
+            return serialization.load_der_public_key(request.pkix_public_key)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+            raise ValueError(f"spec.pkixPublicKey is not a readable public key: {error}") from None
+    raise ValueError(
+        "the request carries no key: spec.stubPKCS10Request is empty, and no v1beta1 "
+        "spec.pkixPublicKey could be read (is certificates.k8s.io/v1beta1 served?)"
+    )
 
 
 def decide(
@@ -236,7 +254,7 @@ def decide(
     if isinstance(dns_names, Decision):
         return dns_names
     try:
-        public_key = requested_key(request.stub_pkcs10)
+        public_key = requested_key(request)
     except ValueError as error:
         return _deny(Reason.INVALID_REQUEST, str(error))
     kubelet_type = key_type(public_key)
