@@ -11,6 +11,7 @@ from typing import Any
 from signet.controller.signing import Ledger
 from signet.controller.unwritten import UnwrittenStore
 from signet.observe.audit import AuditLog
+from signet.observe.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -73,3 +74,21 @@ def test_the_oldest_is_given_up_past_capacity_and_a_replaced_one_too(tmp_path: P
         ("sig-a1", "Evicted"),
         ("sig-b", "Evicted"),
     ]
+
+
+def test_metrics_count_what_waits_and_what_was_given_up(tmp_path: Path) -> None:
+    metrics = Metrics()
+    first: Ledger[str, Item] = Ledger(AuditLog(tmp_path / "a.jsonl"), metrics=metrics)
+    second: Ledger[str, Item] = Ledger(AuditLog(tmp_path / "b.jsonl"), metrics=metrics)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    first.keep("a", Item("a", "sig-a"))
+    second.write_failed("b", Item("b", "sig-b"), RuntimeError("HTTP 500"))
+    assert sample("signet_signatures_undelivered") == 2
+    first.written("a")
+    second.discard("b", "Superseded", "the spec changed")
+    assert sample("signet_signatures_undelivered") == 0
+    assert sample("signet_signatures_discarded_total", reason="Superseded") == 1
+    assert sample("signet_signatures_discarded_total", reason="Evicted") is None

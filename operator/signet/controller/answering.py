@@ -277,7 +277,7 @@ class RequestController(abc.ABC, Generic[K, R, P]):
         self.pending: dict[K, Obj] = {}
         self._retries: Retries[K] = Retries(schedule, clock)
         self._answers: Answers[K] = Answers(self.KIND, metrics)
-        self._signed: Ledger[K, Signed[K]] = Ledger(audit)
+        self._signed: Ledger[K, Signed[K]] = Ledger(audit, metrics=metrics)
 
     # -- what each kind does its own way ---------------------------------------------------
     @abc.abstractmethod

@@ -95,7 +95,7 @@ class CertificateController:
         self._namespace_terminating = namespace_terminating
         self.cache = WatchCache(wake=lambda cert: schedule(cert, 0))
         self._secrets = SecretWriter(api, self.cache, metrics, clock)
-        self.signatures = Signatures(audit)
+        self.signatures = Signatures(audit, metrics=metrics)
         self._failures: dict[CertId, Failure] = {}
 
     # -- watch input ----------------------------------------------------------------------

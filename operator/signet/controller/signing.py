@@ -19,6 +19,7 @@ from signet.controller.unwritten import Unwritten, UnwrittenStore, Waiting
 from signet.controller.watchcache import CertId
 from signet.decisions.certificate import renewal_time
 from signet.observe.audit import AuditLog
+from signet.observe.metrics import Metrics
 from signet.pki import keys, kmskey
 from signet.reasons import Reason
 from signet.secretformat.summary import SecretSummary
@@ -32,9 +33,17 @@ class Ledger(Generic[K, V]):
     """Signed certificates waiting for their write, each outcome a delivery record that
     points at the signature record: written, write failed, or discarded and why."""
 
-    def __init__(self, audit: AuditLog, store: UnwrittenStore[K, V] | None = None) -> None:
+    def __init__(
+        self,
+        audit: AuditLog,
+        store: UnwrittenStore[K, V] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._audit = audit
         self._store: UnwrittenStore[K, V] = store if store is not None else UnwrittenStore()
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.track_undelivered(self._store.__len__)
 
     def __contains__(self, key: object) -> bool:
         return key in self._store
@@ -75,6 +84,8 @@ class Ledger(Generic[K, V]):
             self.record(kept, "discarded", reason=reason, message=message)
 
     def record(self, item: V, outcome: str, **fields: Any) -> None:
+        if outcome == "discarded" and self._metrics is not None:
+            self._metrics.signatures_discarded.labels(str(fields.get("reason", ""))).inc()
         self._audit.delivery(
             item.signature, outcome=outcome, **item.subject(), serialNumber=item.serial, **fields
         )
@@ -85,10 +96,13 @@ class Signatures:
     through the other methods, each step on the audit trail."""
 
     def __init__(
-        self, audit: AuditLog, store: UnwrittenStore[CertId, Unwritten] | None = None
+        self,
+        audit: AuditLog,
+        store: UnwrittenStore[CertId, Unwritten] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._audit = audit
-        self._ledger: Ledger[CertId, Unwritten] = Ledger(audit, store)
+        self._ledger: Ledger[CertId, Unwritten] = Ledger(audit, store, metrics)
 
     def __contains__(self, cert: object) -> bool:
         return cert in self._ledger

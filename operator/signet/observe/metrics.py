@@ -127,6 +127,20 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.signatures_discarded = Counter(
+            "signet_signatures_discarded",
+            "KMS signatures spent on a certificate that was never delivered, by reason "
+            "(each one is on the audit trail with its delivery record).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._ledgers: list[Callable[[], int]] = []
+        self.signatures_undelivered = Gauge(
+            "signet_signatures_undelivered",
+            "Certificates signed and not yet delivered: kept for the next write attempt.",
+            registry=self.registry,
+        )
+        self.signatures_undelivered.set_function(lambda: sum(size() for size in self._ledgers))
         self.queue_depth = Gauge(
             "signet_workqueue_depth",
             "Keys due for processing that no worker has taken yet.",
@@ -153,6 +167,10 @@ class Metrics:
             not_after.timestamp() if not_after else None,
             renewal.timestamp() if renewal else None,
         )
+
+    def track_undelivered(self, size: Callable[[], int]) -> None:
+        """Count a ledger's waiting certificates in ``signet_signatures_undelivered``."""
+        self._ledgers.append(size)
 
     def forget_certificate(self, key: CertKey) -> None:
         self.certificates.pop(key, None)
