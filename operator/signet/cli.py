@@ -193,16 +193,8 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     reconcile.set_defaults(func=_audit_reconcile)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="signet", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser("run", help="run the operator")
-    from signet.controller.main import add_arguments
-
-    add_arguments(run)
-    run.set_defaults(func=_run)
-
+def _add_tool_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands for people working with Signet's objects: status, renew, inspect."""
     # The ops commands' flags live in a light module; their work is imported on use.
     from signet.ops import args as tool_args
 
@@ -220,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
         add(tool)
         tool.set_defaults(func=func)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator")
+    from signet.controller.main import add_arguments
+
+    add_arguments(run)
+    run.set_defaults(func=_run)
+
+    _add_tool_commands(commands)
     _add_audit_commands(commands)
 
     commands.add_parser(
@@ -228,6 +232,41 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return parser
+
+
+def build_kubectl_parser() -> argparse.ArgumentParser:
+    """``kubectl signet``: the user commands only (no ``run``, ``audit``, ``kms-emulator``).
+
+    kubectl hands a plugin every argument after its name, so the connection flags are the
+    plugin's own; like kubectl's, they may also come before the command
+    (``kubectl signet -n NS status``).
+    """
+    from signet.ops import args as tool_args
+
+    parser = argparse.ArgumentParser(
+        prog="kubectl signet",
+        description="Signet's Certificates, Issuers and Secrets, as a kubectl plugin "
+        "(the `signet` CLI's status, renew and inspect).",
+    )
+    tool_args.add_global_connection_arguments(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_tool_commands(commands)
+    return parser
+
+
+def kubectl_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kubectl-signet`` console script."""
+    from signet.ops import args as tool_args
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_kubectl_parser()
+    args = parser.parse_args(argv)
+    try:
+        tool_args.apply_global_connection_arguments(args)
+    except ValueError as error:
+        parser.error(str(error))
+    result: int = args.func(args)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

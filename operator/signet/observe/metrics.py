@@ -11,7 +11,14 @@ import datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -74,6 +81,9 @@ class Metrics:
 
     def __init__(self, queue_depth: Callable[[], float] = lambda: 0.0) -> None:
         self.registry = CollectorRegistry()
+        # process_resident_memory_bytes, CPU seconds, open fds: what dashboards and
+        # alerts on the operator itself read.
+        ProcessCollector(registry=self.registry)
         self.certificates: dict[CertKey, CertificateRecord] = {}
         self.registry.register(_CertificateCollector(self.certificates))
         self.issuances = Counter(

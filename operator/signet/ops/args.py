@@ -15,6 +15,48 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
 
 
+_GLOBAL = "global_"
+
+
+def add_global_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """kubectl's flags, accepted before the command too (``kubectl signet -n NS status``).
+
+    Kept under their own names: a subcommand's defaults would overwrite same-named values.
+    """
+    group = parser.add_argument_group("kubectl flags (also accepted after the command)")
+    group.add_argument(
+        "--kubeconfig", dest=f"{_GLOBAL}kubeconfig", metavar="KUBECONFIG", help="kubeconfig file"
+    )
+    group.add_argument(
+        "--context", dest=f"{_GLOBAL}context", metavar="CONTEXT", help="kubeconfig context"
+    )
+    group.add_argument(
+        "-n", "--namespace", dest=f"{_GLOBAL}namespace", metavar="NAMESPACE", help="namespace"
+    )
+    group.add_argument(
+        "-A",
+        "--all-namespaces",
+        dest=f"{_GLOBAL}all_namespaces",
+        action="store_true",
+        help="every namespace (status, renew --all)",
+    )
+
+
+def apply_global_connection_arguments(args: argparse.Namespace) -> None:
+    """Fill the command's flags from those given before it; the command's own win.
+    Raises ValueError for a flag the command does not take (-A with inspect)."""
+    for name in ("kubeconfig", "context", "namespace"):
+        value = getattr(args, _GLOBAL + name)
+        if value is not None and getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if getattr(args, _GLOBAL + "all_namespaces"):
+        if not hasattr(args, "all_namespaces"):
+            raise ValueError(f"-A/--all-namespaces does not apply to {args.command}")
+        args.all_namespaces = True
+    if getattr(args, "all_namespaces", False) and args.namespace is not None:
+        raise ValueError("-n/--namespace and -A/--all-namespaces exclude each other")
+
+
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser)
     scope = parser.add_mutually_exclusive_group()
