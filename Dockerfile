@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # Signet operator image: `docker build -t signet:0.1.0 .`
-# The build stage installs the package and its dependencies into a virtualenv; the runtime
-# stage copies only that virtualenv and runs as the non-root uid 65532 (the chart's default).
+# The build stage installs the locked dependencies (requirements.lock: every version pinned,
+# every file's sha256 checked; `make lock` regenerates it) and then the package alone into a
+# virtualenv; the runtime stage copies only that virtualenv and runs as the non-root uid
+# 65532 (the chart's default).
 
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -9,9 +11,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/signet
 ENV PATH=/opt/signet/bin:$PATH
 WORKDIR /src
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps .
 
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="signet" \

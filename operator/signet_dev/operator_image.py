@@ -1,28 +1,29 @@
 """The operator's image for the test bed's node, assembled without Docker or a registry.
 
-The Dockerfile is the production recipe: ``FROM python:3.11-slim``, ``pip install .`` into
-a virtualenv at ``/opt/signet``, the runtime stage running ``signet run`` as uid 65532.
+The Dockerfile is the production recipe: ``FROM python:3.11-slim``, ``pip install
+--require-hashes -r requirements.lock`` and ``pip install --no-deps .`` into a virtualenv at
+``/opt/signet``, the runtime stage running ``signet run`` as uid 65532.
 Its base image has to be pulled from a registry, which this machine cannot reach, so the
 test bed assembles the same layout from what is here:
 
 - the host's CPython installation, relocated to ``/usr/local`` as in the official image
   (interpreter, standard library minus its tests and Tk, and exactly the shared libraries
   ``ldd`` says the interpreter and every extension module need, under their host paths);
-- a fresh virtualenv at ``/opt/signet`` holding ``pip install .`` of the same files the
-  Dockerfile copies (``.dockerignore`` keeps ``signet_dev`` out, so does this), installed
-  on the host and then relocated: its interpreter links, ``pyvenv.cfg`` and script
-  shebangs are rewritten to the image's paths;
+- a fresh virtualenv at ``/opt/signet`` holding the same two installs of the same files
+  the Dockerfile copies (the hashed lock, then the package; ``.dockerignore`` keeps
+  ``signet_dev`` out, so does this), installed on the host and then relocated: its
+  interpreter links, ``pyvenv.cfg`` and script shebangs are rewritten to the image's paths;
 - ``/etc/passwd`` and ``/etc/group`` naming uid/gid 65532 like the Dockerfile's
   ``useradd``, and the image config's ``USER 65532:65532``, ``WORKDIR /tmp``,
   ``ENTRYPOINT ["signet"]``, ``CMD ["run"]``, ``PATH`` and ``PYTHON*`` variables.
 
 Installing the dependencies takes most of a minute (from PyPI through pip's cache), and
 every change to the operator's source makes a new image. So there are two caches under
-``.tools/images``: the virtualenv with the dependencies alone (``pyproject.toml``'s list),
-keyed by ``pyproject.toml``, the interpreter and this recipe; and the image archive, keyed
-by the whole build context as well. A source change then costs a ``pip install --no-deps``
-of the package on top of the cached dependencies (its own layer, as a Dockerfile that
-copied the requirements first would have it), and an unchanged checkout nothing at all.
+``.tools/images``: the virtualenv with the dependencies alone (``requirements.lock``),
+keyed by the lock, the interpreter and this recipe; and the image archive, keyed by the
+whole build context (the lock included) as well. A source change then costs a ``pip
+install --no-deps`` of the package on top of the cached dependencies (its own layer, as
+the Dockerfile has it), and an unchanged checkout nothing at all.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -61,7 +61,7 @@ KEEP = 2
 """Cached archives (~300 MiB each) and dependency virtualenvs kept: the current ones and
 the ones before them (another checkout of a different commit may be using those)."""
 
-BUILD_CONTEXT = ("pyproject.toml", "README.md", "operator")
+BUILD_CONTEXT = ("requirements.lock", "pyproject.toml", "README.md", "operator")
 """What the Dockerfile's build stage COPYs (a test keeps the Dockerfile to exactly these)."""
 _CONTEXT_IGNORED = ("signet_dev", "__pycache__", "*.egg-info", "*.pyc")
 """What ``.dockerignore`` keeps out of the context."""
@@ -192,19 +192,16 @@ def _recipe_key() -> hashlib._Hash:
 
 def _cache_key() -> str:
     """The recipe's hash and the build context's: any change to what the image would hold
-    makes a new key. Versions resolved from PyPI are not in it: they change only when
-    pyproject.toml does, or when the cache is removed."""
+    makes a new key. The dependencies' versions and hashes are those of requirements.lock,
+    which is part of the context."""
     digest = _recipe_key()
     for name, host in _context_files():
         digest.update(name.encode() + b"\0" + hashlib.sha256(host.read_bytes()).digest())
     return digest.hexdigest()
 
 
-def _dependencies() -> list[str]:
-    """The requirements ``pip install .`` resolves: ``project.dependencies``, no extras."""
-    project = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["project"]
-    requirements: list[str] = project["dependencies"]
-    return requirements
+LOCK = CHECKOUT / "requirements.lock"
+"""The runtime dependencies, pinned with hashes (``make lock``): what the Dockerfile installs."""
 
 
 # Building -------------------------------------------------------------------------------
@@ -212,11 +209,11 @@ def _dependencies() -> list[str]:
 
 def _dependency_venv(cache: Path) -> Path:
     """The Dockerfile's ``python -m venv /opt/signet`` with the package's dependencies
-    installed, built once per ``pyproject.toml`` and interpreter (the caller holds the
+    installed, built once per ``requirements.lock`` and interpreter (the caller holds the
     build lock). It is built where it stays: a virtualenv names its own path inside (its
     scripts' shebangs), which the image relocates, so it cannot be moved once made."""
     digest = _recipe_key()
-    digest.update((CHECKOUT / "pyproject.toml").read_bytes())
+    digest.update(LOCK.read_bytes())
     venv = cache / f"venv-{digest.hexdigest()[:16]}"
     complete = venv / COMPLETE
     if complete.exists():
@@ -224,12 +221,12 @@ def _dependency_venv(cache: Path) -> Path:
         return venv
     shutil.rmtree(venv, ignore_errors=True)  # a build that was interrupted
     _run([str(_interpreter()), "-m", "venv", str(venv)], "python -m venv")
-    # The Dockerfile's `pip install --no-cache-dir .` resolves these same requirements;
+    # The Dockerfile's `pip install --no-cache-dir --require-hashes -r requirements.lock`;
     # pip's wheel cache (no --no-cache-dir) makes a rebuild take seconds, not minutes.
     _run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-         "--no-input", "--quiet", *_dependencies()],
-        "pip install (dependencies)",
+         "--no-input", "--quiet", "--require-hashes", "-r", str(LOCK)],
+        "pip install --require-hashes -r requirements.lock",
     )  # fmt: skip
     complete.touch()
     _prune(cache, "venv-*", keep=venv)

@@ -1,7 +1,8 @@
 """The Dockerfile's install recipe works: no container engine here, so replay its build
 stage on this machine. The files the build stage COPYs (nothing else) go into a fresh
-context, a fresh virtualenv gets the same `pip install .` (non-editable, real dependency
-resolution from PyPI, reusing pip's wheel cache), and the entry point runs.
+context, a fresh virtualenv gets the same two installs (the hashed lock with
+``--require-hashes``, then ``pip install --no-deps .``, non-editable, from PyPI, reusing
+pip's wheel cache), and the entry point runs.
 """
 
 from __future__ import annotations
@@ -71,17 +72,22 @@ def test_build_stage_installs_a_working_signet_into_a_fresh_virtualenv(tmp_path:
                     shutil.copy2(path, target / path.name)
         elif keyword.upper() == "RUN" and rest.startswith("pip install"):
             pip_commands.append(shlex.split(rest))
-    assert pip_commands == [["pip", "install", "--no-cache-dir", "."]]
+    assert pip_commands == [
+        ["pip", "install", "--no-cache-dir", "--require-hashes", "-r", "requirements.lock"],
+        ["pip", "install", "--no-cache-dir", "--no-deps", "."],
+    ]
 
     environment = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(environment)
     python = environment / "bin" / "python"
-    # Same command, minus --no-cache-dir: the image wants small layers, the test wants speed.
-    install = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "."]
-    result = subprocess.run(
-        install, cwd=context, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for command in pip_commands:
+        # Same commands, minus --no-cache-dir: the image wants small layers, the test speed.
+        install = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
+        install += [a for a in command[2:] if a != "--no-cache-dir"]
+        result = subprocess.run(
+            install, cwd=context, capture_output=True, text=True, timeout=600, check=False
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
     signet = environment / "bin" / "signet"
     help_text = subprocess.run(

@@ -248,14 +248,16 @@ def test_parse_request_and_answered() -> None:
     assert parsed.created == NOW - datetime.timedelta(minutes=1)
     assert pc.key_type(pc.requested_key(parsed)) == "ED25519"
     # A v1beta1 kubelet's request: the key as pkixPublicKey, no stub.
-    der = key("ECDSAP384").public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    der = (
+        key("ECDSAP384")
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     beta = {**body, "spec": {**body["spec"], "stubPKCS10Request": ""}}
     beta["spec"]["pkixPublicKey"] = base64.b64encode(der).decode()
     assert pc.key_type(pc.requested_key(pc.parse_request(beta))) == "ECDSAP384"
     del beta["spec"]["pkixPublicKey"]
-    with pytest.raises(ValueError, match="carries no key.*v1beta1 served"):
+    with pytest.raises(ValueError, match=r"carries no key.*v1beta1 served"):
         pc.requested_key(pc.parse_request(beta))
     assert not pc.answered(body)
     assert pc.answered({**body, "status": {"conditions": [{"type": "Denied"}]}})
