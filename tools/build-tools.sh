@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Go tools the test bed needs into .tools/bin (control plane, kubelet, helm and
+# Builds the Go tools the test bed needs into .tools/bin (control plane, kubelet, helm, promtool and
 # the node's workload binary), once per pinned version.
 #
 # Each wrapper module under tools/go pins one upstream release; its go.mod/go.sum hash is
@@ -43,6 +43,7 @@ build kubernetes kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-m
 build kubernetes kubectl k8s.io/kubernetes/cmd/kubectl "$k8s_ldflags"
 build kubernetes kubelet k8s.io/kubernetes/cmd/kubelet "$k8s_ldflags"
 build helm helm helm.sh/helm/v3/cmd/helm "-s -w -X helm.sh/helm/v3/internal/version.version=v3.22.0"
+build prometheus promtool github.com/prometheus/prometheus/cmd/promtool
 
 # The node's workload (and sandbox) image binary: our own source, so the stamp covers it.
 workload_stamp="$stamps/signet-workload-$(cat "$root"/tools/workload/go.mod "$root"/tools/workload/*.go | sha256sum | cut -c1-16)"

@@ -111,6 +111,8 @@ ALL_FEATURES: dict[str, Any] = {
     "logFormat": "text",
     "audit": {"file": "/var/log/signet/audit.jsonl"},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Signet"}},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
     "networkPolicy": {
         "enabled": True,
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],

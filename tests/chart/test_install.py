@@ -177,11 +177,16 @@ def test_every_rendered_object_passes_server_side_dry_run_under_restricted_pss(
     values = {**ALL_FEATURES, "watchNamespaces": [namespace, other_namespace]}
     manifests = render(values, namespace=namespace)
     served = kube.kubectl("api-resources", "--api-group=monitoring.coreos.com", "-o", "name")
-    if "servicemonitors.monitoring.coreos.com" not in served.stdout.split():
-        # No prometheus-operator here; test_render checks the ServiceMonitor's wiring and
-        # against a cluster that has it (SIGNET_TEST_KUBECONFIG) it is dry-run too.
-        monitor = one(manifests, "ServiceMonitor")
-        manifests = [m for m in manifests if m is not monitor]
+    for kind, resource in (
+        ("ServiceMonitor", "servicemonitors"),
+        ("PrometheusRule", "prometheusrules"),
+    ):
+        if f"{resource}.monitoring.coreos.com" not in served.stdout.split():
+            # No prometheus-operator here; test_render and test_prometheus_rules check
+            # their wiring, and against a cluster that has it (SIGNET_TEST_KUBECONFIG)
+            # they are dry-run too.
+            monitoring = one(manifests, kind)
+            manifests = [m for m in manifests if m is not monitoring]
     kinds = {m["kind"] for m in manifests}
     assert {
         "CustomResourceDefinition",
