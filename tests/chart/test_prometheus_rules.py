@@ -36,6 +36,7 @@ ALERTS = {
     "SignetCertificateRequestsWaiting",
     "SignetCertificateRequestsSlow",
     "SignetOperatorDown",
+    "SignetNoActiveReplica",
     "SignetSignaturesUndelivered",
 }
 # Metrics that come from Prometheus itself, not from Signet.

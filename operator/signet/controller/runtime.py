@@ -161,6 +161,8 @@ class Runtime:
             config.peering_priority,
             on_leader=self._resume_held,
         )
+        leadership = self.leadership
+        self.metrics.leader.set_function(lambda: 1.0 if leadership.leader else 0.0)
         await self.leadership.start()
         self.queue.start()
         self._trimmer = asyncio.create_task(

@@ -151,6 +151,11 @@ class Metrics:
             registry=self.registry,
         )
         self.signatures_undelivered.set_function(lambda: sum(size() for size in self._ledgers))
+        self.leader = Gauge(
+            "signet_leader",
+            "1 while this replica acts (always, without peering), 0 while it stands by.",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "signet_workqueue_depth",
             "Keys due for processing that no worker has taken yet.",
