@@ -448,3 +448,30 @@ def test_a_v1beta1_kubelet_request_is_signed_for_its_pkix_public_key(
             key_type
         ].public_key().public_bytes(serialization.Encoding.DER, spki)
     assert signatures(kms_counters, issuer) - before == len(keys)
+
+
+def test_a_bundle_of_an_issuer_deleted_while_no_operator_ran_is_withdrawn_at_start(
+    crds: Kube,
+    namespace: str,
+    make_issuer: Callable[..., dict[str, Any]],
+    signet_operator: OperatorProcess,
+) -> None:
+    make_issuer("gone", **OPTED_IN)
+    make_issuer("kept", **OPTED_IN)
+    cluster = crds.custom
+
+    def bundles() -> set[str]:
+        items = cluster.list_cluster_custom_object(
+            "certificates.k8s.io", "v1", "clustertrustbundles"
+        )["items"]
+        return {b["metadata"]["name"] for b in items}
+
+    gone, kept = (bundle_name(("Issuer", namespace, n)) for n in ("gone", "kept"))
+    eventually(lambda: {gone, kept} <= bundles(), what="both issuers' bundles")
+    signet_operator.stop()
+    try:
+        cluster.delete_namespaced_custom_object(GROUP, VERSION, namespace, "issuers", "gone")
+    finally:
+        signet_operator.start()
+    eventually(lambda: gone not in bundles(), what=f"ClusterTrustBundle {gone} withdrawn")
+    assert kept in bundles()

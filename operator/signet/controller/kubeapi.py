@@ -365,6 +365,13 @@ class KubeApi:
         path = _custom_path(CERTIFICATES_GROUP, "v1", "certificatesigningrequests", None, name)
         return await self.request("PUT", path + "/status", body)
 
+    async def list_cluster_trust_bundles(self, label_selector: str) -> list[Obj]:
+        """One listing: a cluster holds one signer-linked bundle per opted-in issuer."""
+        collection = _custom_path(CERTIFICATES_GROUP, "v1", "clustertrustbundles", None)
+        result = await self.request("GET", collection, params={"labelSelector": label_selector})
+        items: list[Obj] = result.get("items") or []
+        return items
+
     async def delete_cluster_trust_bundle(self, name: str, signer_name: str) -> bool:
         """Delete the bundle if it is still linked to ``signer_name``; False if it was not
         there (or belongs to another signer, which is not ours to delete)."""

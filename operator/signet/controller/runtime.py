@@ -19,11 +19,11 @@ from typing import Any
 from signet.controller.certificates import CertificateController
 from signet.controller.csrs import CsrController
 from signet.controller.issuers import IssuerController, IssuerId
-from signet.controller.kubeapi import KubeApi, Obj
+from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.controller.leadership import LeaderGate
 from signet.controller.podcertificates import PodCertificateController
 from signet.controller.trust import TrustPublisher
-from signet.controller.trustbundles import ClusterTrustBundlePublisher
+from signet.controller.trustbundles import ClusterTrustBundlePublisher, published_issuers
 from signet.controller.watchcache import cert_id
 from signet.kms.cloudkms import RetryPolicy, SignObservation, close_client, create_client
 from signet.kms.limiter import SignLimiter
@@ -165,6 +165,13 @@ class Runtime:
         self.metrics.leader.set_function(lambda: 1.0 if leadership.leader else 0.0)
         await self.leadership.start()
         self.queue.start()
+        # Bundles of issuers deleted while no operator ran are withdrawn now; the others
+        # are left as they are (publishing checks the issuer first).
+        try:
+            for issuer in await published_issuers(self.api, tuple(config.namespaces)):
+                self.queue.add((CLUSTER_TRUST_BUNDLE, "", "/".join(issuer)))
+        except ApiError as error:  # not worth failing the start for
+            logger.warning("ClusterTrustBundles not listed: %s; none withdrawn", error)
         self._trimmer = asyncio.create_task(
             _trim_heap_when_quiet(
                 lambda: self.activity, before=self.certificates.forget_parsed_specs

@@ -9,7 +9,9 @@ signer, and republishes it when the CA changes. The per-namespace ConfigMaps
 
 A bundle is withdrawn only when its issuer is deleted. An outage, a CA that failed to load
 or an issuer that stopped signing pod certificates leaves it in place: pods holding
-certificates from that CA still verify their peers with it until those expire.
+certificates from that CA still verify their peers with it until those expire. An issuer
+deleted while no operator ran has no event to tell of it, so a start looks at every bundle
+Signet published (`published_issuers`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from signet.controller.issuers import IssuerId, IssuerState
 from signet.controller.kubeapi import ApiError, KubeApi
 from signet.decisions.podcertificate import signer_name
+from signet.decisions.signers import issuer_of
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,24 @@ def bundle_name(issuer: IssuerId) -> str:
     if len(full) <= MAX_NAME:
         return full
     return f"{prefix[: MAX_NAME - 14]}:{hashlib.sha256(full.encode()).hexdigest()[:12]}"
+
+
+MANAGED = "app.kubernetes.io/managed-by=signet"
+
+
+async def published_issuers(api: KubeApi, namespaces: tuple[str, ...]) -> list[IssuerId]:
+    """The issuers behind the bundles Signet published, as their signer names say (labels
+    are cut to 63 characters; the signer name is whole); with ``namespaces``, only the
+    Issuers this installation serves and the ClusterIssuers."""
+    found: list[IssuerId] = []
+    for bundle in await api.list_cluster_trust_bundles(MANAGED):
+        issuer = issuer_of(str((bundle.get("spec") or {}).get("signerName") or ""))
+        if issuer is None:
+            continue
+        if namespaces and issuer[0] == "Issuer" and issuer[1] not in namespaces:
+            continue  # another installation's
+        found.append(issuer)
+    return found
 
 
 def _label_value(value: str) -> str:
