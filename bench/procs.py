@@ -10,10 +10,13 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,9 @@ SIGN = "AsymmetricSign"
 GET_PUBLIC_KEY = "GetPublicKey"
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of the harness's Python children: the harness's own ``signet``
+    first on the path."""
     path = os.pathsep.join(p for p in (str(SOURCE), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
@@ -75,7 +80,7 @@ class KmsEmulator:
         for key in self.keys:
             command.append(f"--create={KEY_RING}/{key}:{ALGORITHM}")
         self._process = subprocess.Popen(
-            command, env=_env(), stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+            command, env=child_env(), stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
         )
         assert self._process.stdout is not None
         first = self._process.stdout.readline().strip()
@@ -163,7 +168,7 @@ class Operator(OperatorProcess):
     audit: bool = False
     log_per_start: bool = True
     stop_timeout: float = 60.0
-    env: Mapping[str, str] = field(default_factory=_env)
+    env: Mapping[str, str] = field(default_factory=child_env)
 
     def launcher(self) -> list[str]:
         if self.tracemalloc_out is None:
@@ -195,6 +200,18 @@ class Operator(OperatorProcess):
     def memory(self) -> dict[str, Any]:
         """VmRSS and VmHWM (peak) of the operator process in MiB."""
         return proc_memory(self.pid)
+
+    def metrics_named(self, *names: str, timeout: float = 5) -> str:
+        """Only the named metric families of /metrics (prometheus_client's ``name[]``
+        filter; the per-Certificate series, from a collector of their own, are not
+        filtered this way): the whole text is 60,000 lines at 10,000 Certificates, and
+        rendering it costs the operator CPU that a poll every half second would take
+        from what it is being timed at."""
+        query = urllib.parse.urlencode([("name[]", name) for name in names])
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics?{query}"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            text: str = response.read().decode()
+            return text
 
 
 def proc_memory(pid: int) -> dict[str, Any]:
@@ -258,6 +275,17 @@ class CpuMeter:
         }
 
 
+def py_spy_binary() -> str:
+    """py-spy next to the harness's Python, else on ``$PATH``. It is not among the
+    project's dependencies (a profiler, only ``--profile`` needs it): ``pip install
+    py-spy`` into the venv, or anywhere on the path."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        raise FileNotFoundError("--profile needs py-spy: pip install py-spy")
+    return found
+
+
 @contextlib.contextmanager
 def py_spy(pid: int, out: Path | None, rate: int = 100) -> Iterator[None]:
     """Sample ``pid`` with py-spy (collapsed stacks) for the duration of the block. Only
@@ -266,10 +294,9 @@ def py_spy(pid: int, out: Path | None, rate: int = 100) -> Iterator[None]:
     if out is None:
         yield
         return
-    spy = Path(sys.executable).parent / "py-spy"
     process = subprocess.Popen(
         [
-            str(spy),
+            py_spy_binary(),
             "record",
             f"--pid={pid}",
             f"--rate={rate}",
