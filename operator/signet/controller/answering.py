@@ -361,6 +361,11 @@ class RequestController(abc.ABC, Generic[K, R, P]):
             return None
         if standing is Standing.LEFT:
             return None
+        # managedFields is most of a watched body and a pass never reads it; a status PUT
+        # without it keeps the server's. Under a burst thousands of bodies wait here.
+        metadata = body.get("metadata") or {}
+        if "managedFields" in metadata:
+            body = {**body, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
         self.pending[ident] = body
         self._answers.seen(ident)
         if self._retries.backing_off(ident):
