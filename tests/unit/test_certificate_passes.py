@@ -293,6 +293,32 @@ def test_a_conflict_rereads_the_secret_and_writes_the_kept_certificate(
     assert _signs(kms_counters, key) == 3
 
 
+def test_a_secret_write_refused_404_again_backs_off_instead_of_spinning(
+    bed: Any, key: str, kms_counters: Counters
+) -> None:
+    """A 404 on the Secret also means its namespace is gone: the first is looked at again
+    at once (someone deleted the Secret), the next ones on the backoff schedule."""
+
+    async def scenario(bed: Bed) -> None:
+        await bed.start(key)
+        bed.api.fail("create_secret", 404, times=3, reason="NotFound")
+        await bed.reconcile()
+        assert bed.next_look() == 0
+        await bed.reconcile()
+        first = bed.next_look()
+        assert first > 0
+        await bed.reconcile()  # too early: it only waits, and writes nothing
+        assert 0 < bed.next_look() <= first
+        bed.now += datetime.timedelta(seconds=first)
+        await bed.reconcile()
+        assert bed.next_look() > first
+        outcomes = [d["outcome"] for d in bed.deliveries()]
+        assert outcomes == ["write-failed"] * 3
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2  # the CA's bootstrap and the one leaf
+
+
 def test_a_kept_certificate_for_an_old_spec_is_discarded_and_audited(
     bed: Any, key: str, kms_counters: Counters
 ) -> None:

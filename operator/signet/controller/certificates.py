@@ -342,7 +342,15 @@ class CertificateController:
                 self.signatures.delivery_failed(signed, target, error)
                 if error.status in (404, 409):  # someone else wrote or deleted it meanwhile
                     self.cache.record_secret(secret, await self._api.get_secret(*secret))
-                    self._schedule(ident, 0)
+                    # Looked at again at once with what is there now; a second time in a
+                    # row backs off (a 404 also means the namespace is gone: no spin).
+                    generation = generation_of(body)
+                    previous = self._failures.get(ident)
+                    if previous is None or previous.generation != generation:
+                        self._failures[ident] = Failure(1, generation, self._clock())
+                        self._schedule(ident, 0)
+                    else:
+                        self._note_failure(ident, generation)
                     return
                 await self._fail(
                     body,
