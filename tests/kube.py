@@ -7,7 +7,6 @@ fixtures, nothing local-only in between.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import kubernetes
 
 from signet_dev import LocalControlPlane, kubeconfig, tools_bin
 from signet_dev.kube import CHECKOUT, KubeClient, kubectl_binary
+from signet_dev.pods import wait_for
 
 ROOT = CHECKOUT
 
@@ -53,21 +53,16 @@ def eventually(
     errors: tuple[type[BaseException], ...] = (AssertionError, kubernetes.client.ApiException),
 ) -> Any:
     """Poll ``check`` until it returns something truthy; fail with the last value or error.
-    ``errors`` are the exceptions that count as "not yet" rather than failures."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except errors as error:
-            last = error
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what or check}: {last!r}"
-            )
-        time.sleep(interval)
+    ``errors`` are the exceptions that count as "not yet" rather than failures. The one
+    polling loop of the test bed (`signet_dev.pods.wait_for`), failing as a test fails."""
+    return wait_for(
+        check,
+        timeout=timeout,
+        what=f"{what or check}",
+        failure=AssertionError,
+        interval=interval,
+        errors=errors,
+    )
 
 
 def wait_event(
