@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## tools: build kube-apiserver, etcd, kube-controller-manager, kubectl, kubelet, helm and the
-## node's workload binary (tools/workload) into .tools/bin
+## tools: build kube-apiserver, etcd, kube-controller-manager, kubectl, kubelet, helm, the
+## node's workload binary (tools/workload) and cert-manager's controller into .tools/bin
 tools:
 	@tools/build-tools.sh
 

@@ -99,7 +99,10 @@ async def run(label: str, call: Callable[[], Awaitable[object]], count: int, con
     return Result(label, conc, count, time.perf_counter() - t0, time.process_time() - cpu0)
 
 
-async def bench(address: str, version: str, algorithm: str, count: int, levels: list[int]) -> None:
+async def bench(
+    address: str, version: str, algorithm: str, count: int, levels: list[int]
+) -> list[Result]:
+    """Print and return the runs: per level, bare, signer without and with verification."""
     client: KeyManagementServiceAsyncClient = create_client(address)
     alg = get_algorithm(algorithm)
     if alg.prehashed:
@@ -129,6 +132,7 @@ async def bench(address: str, version: str, algorithm: str, count: int, levels: 
 
     await run("warm-up", bare, 200, 4)
     print(f"algorithm {algorithm}, {count} signatures per run, emulator {address}")
+    everything: list[Result] = []
     for conc in levels:
         results = []
         for label, call in (
@@ -146,7 +150,9 @@ async def bench(address: str, version: str, algorithm: str, count: int, levels: 
                 f"  overhead {r.label}: {extra_wall:+.1f} us wall/sig, "
                 f"{extra_cpu:+.1f} us client CPU/sig, throughput {r.rate / base.rate:.0%} of bare"
             )
+        everything += results
     await close_client(client)
+    return everything
 
 
 def main() -> int:

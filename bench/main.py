@@ -7,6 +7,7 @@ process and the operator as a subprocess; see bench/README.md for what each figu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -21,14 +22,25 @@ from pathlib import Path
 from typing import Any
 
 from bench import noise
+from bench.certmanager import certmanager_phase, certmanager_rows
 from bench.figures import issuance_phase, memory_phase, storm_phase
+from bench.hsm import hsm_phase
 from bench.kube import Kube
 from bench.podcerts import podcert_phase
 from bench.procs import ROOT, SOURCE, KmsEmulator, Operator, py_spy_binary
+from bench.rotation import rotation_phase
+from bench.sharding import sharding_phase
+from bench.signers import softhsm_token
 from bench.windows import ROUNDS, Env, Sizes, kms_keys
 from signet_dev import LocalControlPlane, tools_bin
 
-FIGURES = ("throughput", "latency", "memory", "restart", "storm", "kms", "podcerts")
+FIGURES = (
+    "throughput", "latency", "memory", "restart", "storm", "kms", "podcerts", "rotation",
+    "certmanager", "sharding",
+)  # fmt: skip
+STANDALONE = ("signers", "hsm")
+"""Figures run only when named: ``signers`` (no cluster: both backends' signers) and
+``hsm`` (issuance through the operator, Cloud KMS against a SoftHSM2 issuer)."""
 SIZE_OPTIONS = (
     "throughput",
     "latency-runs",
@@ -39,6 +51,9 @@ SIZE_OPTIONS = (
     "pcr-throughput",
     "pcr-memory",
     "rounds",
+    "rotation",
+    "certmanager",
+    "certmanager-large",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -131,7 +146,36 @@ def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
             add("kms", f"AsymmetricSign per cert ({phase})", value, "1", value == 1)
         for key, value in k["get_public_key_calls_per_issuer_per_process"].items():
             add("kms", f"GetPublicKey per issuer ({key})", value, "1", value == 1)
+    if r := figures.get("rotation"):
+        n, limit = r["certificates"], r["sign_qps_limit"]
+        add("rotation", f"total s, {n} Certificates", r["total_s"], "", r["completed"])
+        add("rotation", "  re-issue s (Reissuing to Retiring)", r["reissue_s"], "", None)
+        peak = r["kms_max_signs_in_any_1s"]
+        add("rotation", "peak KMS signatures in any 1 s", peak, f"<= {limit:g}", peak <= limit)
+        per_leaf = r["kms_signs_per_leaf"]
+        add("rotation", "KMS signatures per leaf", per_leaf, "1", per_leaf == 1)
+        early = r["leaves_written_before_their_anchor"]
+        add("rotation", "leaves written before their anchor", early, "0", early == 0)
+        api = r["apiserver"]
+        add("rotation", "apiserver requests/s, peak", api["peak_requests_per_s"], "", None)
+        add("rotation", "apiserver requests/s, mean", api["mean_requests_per_s"], "", None)
     pcr_rows(figures, add, span)
+    certmanager_rows(figures, add)
+    if h := figures.get("hsm_throughput"):
+        add(
+            "hsm",
+            f"Certificates/s, Cloud KMS issuer ({h['certificates']})",
+            h["cloudkms_per_s"],
+            "",
+            None,
+        )
+        add(
+            "hsm",
+            f"Certificates/s, SoftHSM2 issuer ({h['certificates']})",
+            h["pkcs11_per_s"],
+            "",
+            None,
+        )
     return rows
 
 
@@ -203,7 +247,15 @@ def table(rows: list[dict[str, Any]]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (minutes, not an hour)")
-    p.add_argument("--only", action="append", choices=FIGURES, help="run only these (repeatable)")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=FIGURES + STANDALONE,
+        help="run only these (repeatable)",
+    )
+    p.add_argument(
+        "--signer-count", type=int, help="signatures per run of the signers figure (2000)"
+    )
     p.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON result")
     p.add_argument("--profile", action="store_true", help="py-spy the operator in each phase")
     p.add_argument(
@@ -225,7 +277,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_phases(env: Env, sizes: Sizes, only: set[str], figures: dict[str, Any]) -> dict[str, float]:
+def run_phases(
+    env: Env,
+    sizes: Sizes,
+    only: set[str],
+    figures: dict[str, Any],
+    hsm_module: str | None = None,
+) -> dict[str, float]:
     """Run the phases ``only`` asks for into ``figures``; each phase's wall seconds."""
     phases: dict[str, float] = {}
 
@@ -259,7 +317,53 @@ def run_phases(env: Env, sizes: Sizes, only: set[str], figures: dict[str, Any]) 
             "pod certificates: latency, throughput, memory",
             lambda: podcert_phase(env, sizes),
         )
+    if "rotation" in only:
+        phase(
+            "rotation",
+            f"CA rotation of {sizes.rotation} Certificates at --sign-qps {sizes.rotation_qps:g}",
+            lambda: rotation_phase(env, sizes),
+        )
+    if "certmanager" in only:
+        phase(
+            "certmanager",
+            f"side by side with cert-manager: {sizes.certmanager} and "
+            f"{sizes.certmanager_large} Certificates",
+            lambda: certmanager_phase(env, sizes),
+        )
+    if "sharding" in only:
+        phase(
+            "sharding",
+            f"sharding: {sizes.throughput} Certificates with 1, 2, 3 replicas; one killed",
+            lambda: sharding_phase(env, sizes),
+        )
+    if "hsm" in only and hsm_module is not None:
+        module = hsm_module
+        phase(
+            "hsm",
+            f"HSM issuance: {sizes.throughput} Certificates, Cloud KMS vs SoftHSM2",
+            lambda: hsm_phase(env, sizes, module),
+        )
     return phases
+
+
+def _signers(args: argparse.Namespace) -> None:
+    """The backends' micro-benchmark (no cluster): printed, and written as its own JSON."""
+    from bench.signers import signers_figure
+
+    count = args.signer_count or (500 if args.quick else 2000)
+    figure = {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(),
+        "cores": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
+        "signatures_per_run": count,
+        "signers": signers_figure(count),
+        "load_average_at_end": list(os.getloadavg()),
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.output / f"{stamp}-signers.json"
+    path.write_text(json.dumps(figure, indent=2) + "\n")
+    print(f"\nresults: {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         py_spy_binary()  # fail now, not after the first phase's setup
     only = set(args.only or FIGURES)
+    if "signers" in only:
+        only.discard("signers")
+        _signers(args)
+        if not only:
+            return 0
     if "kms" in only and not only & {"throughput", "latency"}:
         only.add("latency")
     sizes = Sizes.for_mode(args.quick)
@@ -275,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) is not None:
             setattr(sizes, name, getattr(args, name))
     workdir = Path(tempfile.mkdtemp(prefix="signet-bench-"))
+    hsm_token = contextlib.ExitStack()
+    # the token first: the operator's environment is taken when it is made
+    hsm_module = hsm_token.enter_context(softhsm_token()) if "hsm" in only else None
     started = datetime.datetime.now(datetime.UTC)
     figures: dict[str, Any] = {}
     kms = KmsEmulator(workdir, kms_keys(sizes.rounds))
@@ -302,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pids = {name: plane.pid_of(name) for name in ("kube-apiserver", "etcd")}
         env = Env(kube, kms, operator, workdir, profile=args.profile, control_plane_pids=pids)
         print(f"signet bench: {'quick' if args.quick else 'full'} {sorted(only)} in {workdir}")
-        phases = run_phases(env, sizes, only, figures)
+        phases = run_phases(env, sizes, only, figures, hsm_module)
         info["load_average_at_end"] = list(os.getloadavg())
         kube.close()
     finally:
@@ -310,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             operator.stop()
         kms.stop()
         plane.stop()
+        hsm_token.close()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     rows = targets(figures)

@@ -42,19 +42,36 @@ class Sizes:
     pcr_memory: int
     """Issued PodCertificateRequests present for the memory reading."""
     rounds: int = ROUNDS
+    rotation: int = 2_000
+    """Certificates of the issuer whose CA key is rotated."""
+    rotation_qps: float = 50.0
+    """--sign-qps during the rotation."""
+    certmanager: int = 500
+    """Certificates per window of the side-by-side with cert-manager."""
+    certmanager_large: int = 5_000
+    """Certificates of its one large pair of windows (0: none)."""
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(100, 20, 1_000, 1_000, 100, 200, 50.0, 34, 200, 1_000)
+            return cls(
+                100, 20, 1_000, 1_000, 100, 200, 50.0, 34, 200, 1_000, rotation=500,
+                certmanager=100, certmanager_large=1_000,
+            )  # fmt: skip
         return cls(500, 50, 10_000, 10_000, 100, 2_000, 50.0, 100, 1_000, 10_000)
 
 
 def kms_keys(rounds: int) -> list[str]:
     """The emulator's keys: one per Issuer, so that each window's KMS calls are its own
     (a window's namespace has an Issuer of its own, see ``issuance_phase``)."""
-    per_window = [f"{side}-{i}" for side in ("throughput", "pcr") for i in range(rounds)]
-    return ["latency", "floor", "memory", "storm", "pcr-lat", "pcr-floor", "pcr-mem", *per_window]
+    per_window = [
+        f"{side}-{i}" for side in ("throughput", "pcr", "certmanager") for i in range(rounds)
+    ]
+    return [
+        "latency", "floor", "memory", "storm", "pcr-lat", "pcr-floor", "pcr-mem",
+        "rotation-old", "rotation-new", "certmanager-large", *per_window,
+        "sharding-1", "sharding-2", "sharding-3", "sharding-kill",
+    ]  # fmt: skip
 
 
 @dataclass

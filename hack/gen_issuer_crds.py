@@ -45,6 +45,16 @@ _NAMESPACE_SELECTOR = """\
             operator: {type: string, enum: [In, NotIn, Exists, DoesNotExist]}
             values: {type: array, maxItems: 64, items: {type: string, maxLength: 63}}"""
 
+_ANCHOR = {
+    "type": "object",
+    "description": "A key version and the trust anchors of its leaves.",
+    "properties": {
+        "keyVersion": {"type": "string"},
+        "caBundle": {"type": "string", "description": "PEM chain of the key's CA."},
+        "sshCAPublicKey": {"type": "string", "description": "authorized_keys line."},
+    },
+}
+
 _STATUS = {
     "type": "object",
     "description": "What Signet found when it checked this issuer.",
@@ -67,6 +77,7 @@ _STATUS = {
                 },
             },
         },
+        "keyVersion": {"type": "string", "description": "The key version that signs now."},
         "keyAlgorithm": {"type": "string", "description": "KMS algorithm of the key version."},
         "caCertificate": {"type": "string", "description": "PEM CA certificate of the KMS key."},
         "caBundle": {"type": "string", "description": "PEM chain up to and including the root."},
@@ -75,6 +86,22 @@ _STATUS = {
         "sshCAPublicKey": {"type": "string", "description": "authorized_keys line of the SSH CA."},
         "sshCAFingerprint": {"type": "string", "description": "SHA256: fingerprint of the SSH CA."},
         "observedGeneration": {"type": "integer", "format": "int64"},
+        "rotation": {
+            "type": "object",
+            "description": "A key rotation in progress; absent when the issuer is Stable.",
+            "properties": {
+                "phase": {"type": "string", "enum": ["Propagating", "Reissuing", "Retiring"]},
+                "progress": {"type": "string", "description": "The phase, or Reissuing n/m."},
+                "from": _ANCHOR,
+                "to": _ANCHOR,
+                "startedAt": {"type": "string", "format": "date-time"},
+                "phaseSince": {"type": "string", "format": "date-time"},
+                "trustPublishedAt": {"type": "string", "format": "date-time"},
+                "leaves": {"type": "integer", "description": "Old-key leaves to re-issue."},
+                "remaining": {"type": "integer", "description": "Old-key leaves still valid."},
+                "retireAfter": {"type": "string", "format": "date-time"},
+            },
+        },
     },
 }
 
@@ -94,7 +121,7 @@ def render(kind: str) -> dict[str, object]:
         else "An Issuer serves Certificates of its own namespace"
     )
     summary = (
-        f"{scope}: it names a Cloud KMS key version that holds the CA key and the policy"
+        f"{scope}: it names the CA key (a Cloud KMS key version or a PKCS#11 key) and the policy"
         " that bounds what may be issued."
     )
     return {
@@ -128,6 +155,11 @@ def render(kind: str) -> dict[str, object]:
                             "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
                         },
                         {"name": "Algorithm", "type": "string", "jsonPath": ".status.keyAlgorithm"},
+                        {
+                            "name": "Rotation",
+                            "type": "string",
+                            "jsonPath": ".status.rotation.progress",
+                        },
                         {
                             "name": "Reason",
                             "type": "string",

@@ -13,7 +13,12 @@ import pytest
 from signet_dev import LocalControlPlane
 from tests.kube import Kube
 
-pytest_plugins = ["tests.kms_fixtures", "tests.operator_fixtures", "tests.faultproxy"]
+pytest_plugins = [
+    "tests.kms_fixtures",
+    "tests.operator_fixtures",
+    "tests.faultproxy",
+    "tests.softhsm",
+]
 
 
 @pytest.fixture(scope="session")

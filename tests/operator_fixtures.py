@@ -52,3 +52,21 @@ def make_issuer(
 @pytest.fixture
 def issuer(make_issuer: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     return make_issuer()
+
+
+@pytest.fixture
+def fresh_issuer(
+    crds: Kube,
+    namespace: str,
+    signet_operator: OperatorProcess,
+    kms_key_factory: Callable[..., str],
+) -> Callable[..., dict[str, Any]]:
+    """A Ready Issuer in the test namespace on a KMS key of its own, so that the key's
+    signature count is this test's alone."""
+
+    def make(name: str, **spec: Any) -> dict[str, Any]:
+        key_version = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+        crds.apply(issuer_manifest(name, key_version, namespace=namespace, **spec))
+        return wait_issuer_ready(crds, namespace, name)
+
+    return make

@@ -52,3 +52,37 @@ if [[ ! -x "$bin/signet-workload" || ! -f "$workload_stamp" ]]; then
   rm -f "$stamps/signet-workload-"*
   touch "$workload_stamp"
 fi
+
+# The real cert-manager controller, for the end-to-end tests and the side-by-side bench:
+# cert-manager's cmd/controller module is not served by the module proxy, so our own main
+# (tools/go/certmanager/main.go) wires its registered controllers; the stamp covers it.
+cm_stamp="$stamps/cert-manager-controller-$(cat "$root"/tools/go/certmanager/go.mod "$root"/tools/go/certmanager/go.sum "$root"/tools/go/certmanager/*.go | sha256sum | cut -c1-16)"
+if [[ ! -x "$bin/cert-manager-controller" || ! -f "$cm_stamp" ]]; then
+  echo "building cert-manager-controller (first time only; a few minutes)" >&2
+  start=$SECONDS
+  (cd "$root/tools/go/certmanager" && go build -ldflags "-s -w" -o "$bin/cert-manager-controller" .)
+  rm -f "$stamps/cert-manager-controller-"*
+  touch "$cm_stamp"
+  echo "built cert-manager-controller in $((SECONDS - start))s" >&2
+fi
+
+# cert-manager's CRDs, for the external-issuer tests (installed only by the tests that need
+# them). They come from cert-manager's Go module, pinned by tools/go/certmanager/go.mod (the
+# controller above is built from the same version); deploy/crds/ is plain YAML
+# today, and a file there that turns into a Helm template fails this step rather than being
+# applied half-rendered.
+cert_manager_version=$(cd "$root/tools/go/certmanager" && go list -m -f '{{.Version}}' github.com/cert-manager/cert-manager)
+cert_manager_crds="$root/.tools/crds/cert-manager"
+if [[ ! -f "$cert_manager_crds/.version-$cert_manager_version" ]]; then
+  module_dir=$(cd "$root/tools" && go mod download -json "github.com/cert-manager/cert-manager@$cert_manager_version" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  if grep -l '{{' "$module_dir"/deploy/crds/*.yaml; then
+    echo "cert-manager $cert_manager_version: the CRDs above are Helm templates; render them first" >&2
+    exit 1
+  fi
+  rm -rf "$cert_manager_crds"
+  mkdir -p "$cert_manager_crds"
+  cp "$module_dir"/deploy/crds/*.yaml "$cert_manager_crds/"
+  chmod u+w "$cert_manager_crds"/*.yaml
+  touch "$cert_manager_crds/.version-$cert_manager_version"
+fi

@@ -16,7 +16,7 @@ import asyncio
 import datetime
 import functools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,6 +28,7 @@ from signet.api.certificate import CertificateSpec
 from signet.api.issuer import IssuerSpec
 from signet.api.times import timestamp
 from signet.decisions.leaf import leaf_request
+from signet.decisions.rotation import Anchor
 from signet.kms.signer import KmsPublicKey, Signer
 from signet.pki import keys, kmskey
 from signet.pki import ssh as pki_ssh
@@ -60,6 +61,14 @@ class IssuerMaterial:
         return self._ssh_ca_key_id if ssh else self._x509_ca_key_id
 
     @functools.cached_property
+    def anchor(self) -> Anchor:
+        """This key's anchor, as a rotation records it in status."""
+        bundle = None
+        if self.chain is not None:
+            bundle = b"".join(c.public_bytes(PEM) for c in self.chain.certificates).decode()
+        return Anchor(self.kms_key.key_version, bundle, self.ssh_ca_line)
+
+    @functools.cached_property
     def _ssh_ca_key_id(self) -> str:
         return keys.openssh_fingerprint(self.kms_key.public_key)
 
@@ -69,6 +78,28 @@ class IssuerMaterial:
             return None
         ski = self.chain.issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         return ski.value.digest.hex()
+
+
+@dataclass(frozen=True)
+class TrustSet:
+    """Every anchor peers of an issuer's leaves must trust now: the signing key's alone
+    when stable, both keys' during a rotation (signing key first)."""
+
+    ca_certificates: tuple[str, ...] = ()
+    """PEM trust anchors (the top of each key's chain), without duplicates."""
+    ssh_ca_lines: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, anchors: Iterable[Anchor]) -> TrustSet:
+        pems: list[str] = []
+        lines: list[str] = []
+        for anchor in anchors:
+            if anchor.ca_bundle:
+                top = x509.load_pem_x509_certificates(anchor.ca_bundle.encode())[-1]
+                pems.append(top.public_bytes(PEM).decode())
+            if anchor.ssh_ca_line:
+                lines.append(anchor.ssh_ca_line)
+        return cls(tuple(dict.fromkeys(pems)), tuple(dict.fromkeys(lines)))
 
 
 @dataclass(frozen=True)
@@ -214,7 +245,7 @@ async def _issue_x509(
         secret_type=layout.TLS_TYPE,
         data={
             layout.TLS_CERT: chain.leaf_chain_pem(leaf),
-            layout.TLS_KEY: keys.private_key_to_pem(key),
+            layout.TLS_KEY: keys.private_key_to_pem(key, spec.outputs.key_encoding),
             layout.CA_CERT: chain.trust_anchor.public_bytes(PEM),
         },
         annotations={k: v for k, v in annotations.items() if v},

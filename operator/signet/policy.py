@@ -374,6 +374,13 @@ def _check_x509(x509: X509Spec, issuer: IssuerSpec, ns: str) -> Denial | None:
                 Reason.IP_ADDRESS_NOT_ALLOWED,
                 f"spec.x509.ipAddresses[{index}] {text!r} is not allowed: {why}",
             )
+    for index, usage in enumerate(x509.usages):
+        if usage not in policy.allowed_usages:
+            why = _not_granted("policy.allowedUsages", policy.allowed_usages, "is not in")
+            return Denial(
+                Reason.USAGE_NOT_ALLOWED,
+                f"spec.x509.usages[{index}] {usage!r} is not allowed: {why}",
+            )
     return _wildcards(x509, policy) or _spiffe_in_uris(x509.uris, td, ns)
 
 

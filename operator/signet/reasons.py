@@ -43,10 +43,19 @@ class Reason(enum.StrEnum):
     # -- settled -------------------------------------------------------------------------
     UP_TO_DATE = "UpToDate"
     SECRET_METADATA_DRIFT = "SecretMetadataDrift"
+    SECRET_OUTPUTS_MISMATCH = "SecretOutputsMismatch"
+    """keystores, additionalOutputFormats or privateKey.encoding changed: the Secret's data
+    is rewritten from the key and chain it holds, without a signature."""
     READY = "Ready"
     ISSUED = "Issued"
     SECRET_REPAIRED = "SecretRepaired"
     KEY_READY = "KeyReady"
+    # -- CA rotation: the transitions of an issuer's rollover (Events and audit records) ---
+    ROTATION_STARTED = "RotationStarted"
+    ROTATION_REISSUING = "RotationReissuing"
+    ROTATION_RETIRING = "RotationRetiring"
+    ROTATION_COMPLETED = "RotationCompleted"
+    ROTATION_ROLLED_BACK = "RotationRolledBack"
     # -- refused: the Secret is not Signet's to write -------------------------------------
     SECRET_NOT_MANAGED = "SecretNotManaged"
     SECRET_IN_USE = "SecretInUse"
@@ -89,6 +98,9 @@ class Reason(enum.StrEnum):
     CERTIFICATE_SIGNING_REQUESTS_NOT_ENABLED = "CertificateSigningRequestsNotEnabled"
     REQUESTER_NOT_ALLOWED = "RequesterNotAllowed"
     USAGE_NOT_ALLOWED = "UsageNotAllowed"
+    # -- refused: cert-manager CertificateRequests ------------------------------------------
+    REQUEST_DENIED = "RequestDenied"
+    """An approver denied it; answered Failed with cert-manager's reason Denied."""
     # -- transient (KMS and IAM change outside Kubernetes: only a retry can notice) --------
     KMS_PERMISSION_DENIED = "KMSPermissionDenied"
     KMS_INVALID_ARGUMENT = "KMSInvalidArgument"
@@ -103,6 +115,10 @@ class Reason(enum.StrEnum):
     KMS_UNAVAILABLE = "KMSUnavailable"
     KMS_QUOTA_EXCEEDED = "KMSQuotaExceeded"
     KMS_INTEGRITY_ERROR = "KMSIntegrityError"
+    HSM_TOKEN_NOT_FOUND = "HSMTokenNotFound"
+    HSM_LOGIN_FAILED = "HSMLoginFailed"
+    HSM_PIN_NOT_FOUND = "HSMPINNotFound"
+    KEYSTORE_PASSWORD_NOT_FOUND = "KeystorePasswordNotFound"
     SECRET_WRITE_FAILED = "SecretWriteFailed"
     API_ERROR = "APIError"
     INTERNAL_ERROR = "InternalError"
@@ -133,10 +149,16 @@ _TRIGGERS = {
 _SETTLED = {
     Reason.UP_TO_DATE,
     Reason.SECRET_METADATA_DRIFT,
+    Reason.SECRET_OUTPUTS_MISMATCH,
     Reason.READY,
     Reason.ISSUED,
     Reason.SECRET_REPAIRED,
     Reason.KEY_READY,
+    Reason.ROTATION_STARTED,
+    Reason.ROTATION_REISSUING,
+    Reason.ROTATION_RETIRING,
+    Reason.ROTATION_COMPLETED,
+    Reason.ROTATION_ROLLED_BACK,
 }
 _TRANSIENT = {
     Reason.KMS_PERMISSION_DENIED,
@@ -152,6 +174,10 @@ _TRANSIENT = {
     Reason.KMS_UNAVAILABLE,
     Reason.KMS_QUOTA_EXCEEDED,
     Reason.KMS_INTEGRITY_ERROR,
+    Reason.HSM_TOKEN_NOT_FOUND,
+    Reason.HSM_LOGIN_FAILED,
+    Reason.HSM_PIN_NOT_FOUND,
+    Reason.KEYSTORE_PASSWORD_NOT_FOUND,
     Reason.SECRET_WRITE_FAILED,
     Reason.API_ERROR,
     Reason.INTERNAL_ERROR,

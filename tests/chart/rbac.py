@@ -45,6 +45,8 @@ NAMESPACED = (
     | triples([""], ["configmaps"], ("get", "create", "update", "patch"))
     | triples(["certificates.k8s.io"], ["podcertificaterequests"], READ)
     | triples(["certificates.k8s.io"], ["podcertificaterequests/status"], ("update", "patch"))
+    | triples(["cert-manager.io"], ["certificaterequests"], READ)
+    | triples(["cert-manager.io"], ["certificaterequests/status"], ["update"])
     | EVENTS
 )
 """Per served namespace (cluster-wide when watchNamespaces is empty)."""
@@ -64,11 +66,24 @@ NOT_SIGNERS: set[NamedPermission] = {
     ("certificates.k8s.io", "signers", verb, name)
     for verb in ("sign", "attest", "approve")
     for name in ("kubernetes.io/*", "example.com/*", "issuers.signet.dev/ns.ca")
-} | {("certificates.k8s.io", "signers", "approve", name) for name in SIGNER_NAMES}
+} | {
+    (group, "signers", "approve", name)
+    for group in ("certificates.k8s.io", "cert-manager.io")
+    for name in SIGNER_NAMES
+}
 """Signer grants Signet never has: other domains, approving (CSR approval stays with
-Kubernetes RBAC and the cluster's approvers), and a single signer's name, which RBAC
-matches literally (the apiserver's signer check tries the name and then its
-``<domain>/*`` wildcard)."""
+Kubernetes RBAC and the cluster's approvers, a cert-manager CertificateRequest's with
+cert-manager's), and a single signer's name, which RBAC matches literally (the apiserver's
+signer check tries the name and then its ``<domain>/*`` wildcard)."""
+CERT_MANAGER_APPROVER: set[NamedPermission] = {
+    ("cert-manager.io", "signers", "approve", name) for name in SIGNER_NAMES
+}
+"""What the chart grants cert-manager's controller (not Signet): approving requests for
+Signet's issuers, and nothing else."""
+
+SHARDS = triples(["coordination.k8s.io"], ["leases"], ("list", "create", "patch", "delete"))
+"""With sharding, in the release namespace only: each replica's own Lease (create, renew by
+merge patch, delete at shutdown) and the members' (listed by label)."""
 
 CLUSTER_PEERING = triples(["kopf.dev"], ["clusterkopfpeerings"], PEERING)
 NAMESPACED_PEERING = triples(["kopf.dev"], ["kopfpeerings"], PEERING)
@@ -105,6 +120,7 @@ def rule_triples(rules: list[dict[str, Any]]) -> set[Permission]:
 
 
 __all__ = [
+    "CERT_MANAGER_APPROVER",
     "CLUSTER_ALWAYS",
     "CLUSTER_PEERING",
     "EVENTS",
@@ -112,6 +128,7 @@ __all__ = [
     "NAMESPACED",
     "NAMESPACED_PEERING",
     "NOT_SIGNERS",
+    "SHARDS",
     "SIGNERS",
     "NamedPermission",
     "Permission",

@@ -100,6 +100,16 @@ def run_checks(kube: Kube, kubeconfig: Path, checks: list[Check]) -> None:
     """`kubectl auth can-i` with the ServiceAccount's token for every check; one report."""
 
     def ask(check: Check) -> str | None:
+        group, resource, verb = check.permission
+        if group in NOT_SERVED:
+            base, _, subresource = resource.partition("/")
+            allowed = review(
+                kube, kubeconfig, group=group, resource=base, subresource=subresource,
+                verb=verb, namespace=check.namespace or "",
+            )  # fmt: skip
+            if allowed != check.allowed:
+                return f"{' '.join(check.argv())}: {allowed=}, expected {check.allowed}"
+            return None
         result = kube.kubectl(*check.argv(), kubeconfig_path=kubeconfig, check=False)
         answer = result.stdout.strip()
         if answer not in ("yes", "no"):
@@ -115,30 +125,34 @@ def run_checks(kube: Kube, kubeconfig: Path, checks: list[Check]) -> None:
     assert not failures, "\n".join(failures)
 
 
+NOT_SERVED = {"cert-manager.io"}
+"""Groups whose CRDs the test apiserver lacks (the cert-manager tests install them only for
+themselves): `kubectl auth can-i` cannot resolve their resources, so they are asked with a
+SelfSubjectAccessReview."""
+
+
+def review(kube: Kube, kubeconfig: Path, **attributes: str) -> bool:
+    """A SelfSubjectAccessReview of ``attributes`` (group, resource, verb, ...)."""
+    body = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {k: v for k, v in attributes.items() if v}},
+    }
+    result = kube.kubectl(
+        "create", "--validate=false", "-f", "-", "-o", "json",
+        input=json.dumps(body),
+        kubeconfig_path=kubeconfig,
+    )  # fmt: skip
+    return bool(json.loads(result.stdout)["status"].get("allowed"))
+
+
 def check_signers(kube: Kube, kubeconfig: Path) -> None:
     """Signer grants, asked with SelfSubjectAccessReviews: `kubectl auth can-i` cannot name
     a resource whose name has slashes, as signer names do."""
 
     def allowed(permission: NamedPermission) -> bool:
         group, resource, verb, name = permission
-        review = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SelfSubjectAccessReview",
-            "spec": {
-                "resourceAttributes": {
-                    "group": group,
-                    "resource": resource,
-                    "verb": verb,
-                    "name": name,
-                }
-            },
-        }
-        result = kube.kubectl(
-            "create", "--validate=false", "-f", "-", "-o", "json",
-            input=json.dumps(review),
-            kubeconfig_path=kubeconfig,
-        )  # fmt: skip
-        return bool(json.loads(result.stdout)["status"].get("allowed"))
+        return review(kube, kubeconfig, group=group, resource=resource, verb=verb, name=name)
 
     wrong = [f"{p}: no, expected yes" for p in sorted(SIGNERS) if not allowed(p)]
     wrong += [f"{p}: yes, expected no" for p in sorted(NOT_SIGNERS) if allowed(p)]

@@ -26,6 +26,7 @@ from tests.chart.helm import (
     render,
 )
 from tests.chart.rbac import (
+    CERT_MANAGER_APPROVER,
     CLUSTER_ALWAYS,
     CLUSTER_PEERING,
     HOME,
@@ -292,12 +293,12 @@ def test_rendered_command_line_is_accepted_by_signet_run(values: dict[str, Any])
 @pytest.mark.parametrize("peering", [False, True], ids=["standalone", "peering"])
 def test_cluster_wide_rbac_is_exactly_what_the_operator_needs(peering: bool) -> None:
     manifests = render({"peering": {"enabled": peering}, "replicaCount": 1})
-    role = one(manifests, "ClusterRole")
+    role = one(manifests, "ClusterRole", "sig-signet")
     expected = CLUSTER_ALWAYS | NAMESPACED | (CLUSTER_PEERING if peering else set())
     assert rule_triples(role["rules"]) == expected
     assert named_grants(role["rules"]) == SIGNERS
     assert find(manifests, "Role") == [] and find(manifests, "RoleBinding") == []
-    binding = one(manifests, "ClusterRoleBinding")
+    binding = one(manifests, "ClusterRoleBinding", "sig-signet")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
@@ -316,8 +317,8 @@ def test_watch_namespaces_rbac_keeps_only_cluster_scoped_rules_cluster_wide(
         {"watchNamespaces": ["team-a", "team-b"], "peering": {"enabled": peering}},
         namespace="signet-system",
     )
-    assert rule_triples(one(manifests, "ClusterRole")["rules"]) == CLUSTER_ALWAYS
-    assert named_grants(one(manifests, "ClusterRole")["rules"]) == SIGNERS
+    assert rule_triples(one(manifests, "ClusterRole", "sig-signet")["rules"]) == CLUSTER_ALWAYS
+    assert named_grants(one(manifests, "ClusterRole", "sig-signet")["rules"]) == SIGNERS
     roles = {
         (r["metadata"]["namespace"], r["metadata"]["name"]): r for r in find(manifests, "Role")
     }
@@ -336,6 +337,23 @@ def test_watch_namespaces_rbac_keeps_only_cluster_scoped_rules_cluster_wide(
     served_home = render({"watchNamespaces": ["signet-system"]}, namespace="signet-system")
     assert [r["metadata"]["name"] for r in find(served_home, "Role")] == ["sig-signet"], (
         "no separate home Role when the release namespace is served"
+    )
+
+
+def test_cert_manager_s_controller_may_approve_requests_for_signet_issuers_only() -> None:
+    approver = "sig-signet-cert-manager-controller-approve:signet-dev"
+    manifests = render({"certManager": {"approver": {"serviceAccount": {"namespace": "cm"}}}})
+    role = one(manifests, "ClusterRole", approver)
+    assert named_grants(role["rules"]) == CERT_MANAGER_APPROVER
+    assert rule_triples(role["rules"]) == set()
+    binding = one(manifests, "ClusterRoleBinding", approver)
+    assert binding["roleRef"]["name"] == approver
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "cert-manager", "namespace": "cm"}
+    ]
+    off = render({"certManager": {"approver": {"enabled": False}}})
+    assert (
+        find(off, "ClusterRole", approver) == [] and find(off, "ClusterRoleBinding", approver) == []
     )
 
 

@@ -3,10 +3,7 @@ ssh client holding the user Secret, with strict host key checking against the CA
 
 from __future__ import annotations
 
-import getpass
-import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,27 +20,9 @@ NS = "ssh-example"
 HOST_NAME = "bastion.example.internal"
 
 
-def _write(path: Path, data: bytes, mode: int = 0o644) -> Path:
-    path.write_bytes(data)
-    path.chmod(mode)
-    return path
-
-
 @pytest.fixture
 def sshd_binary() -> str:
     return openssh.sshd_binary()
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"sshd exited: {log.read_text()}"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"sshd did not listen on {port}: {log.read_text()}")
 
 
 def test_ssh_login_with_signet_host_and_user_certificates(
@@ -58,10 +37,10 @@ def test_ssh_login_with_signet_host_and_user_certificates(
     assert set(trust) == {"ssh-ca.pub", "ssh_known_hosts"}  # SSH-only issuer: no ca.crt
 
     # Server side: only what the Secret and the ConfigMap provide.
-    host_key = _write(tmp_path / "host_key", host["ssh-privatekey"], 0o600)
-    host_cert = _write(tmp_path / "host_key-cert.pub", host["ssh-certificate"])
-    user_cas = _write(tmp_path / "user_ca_keys", trust["ssh-ca.pub"].encode())
-    principals = _write(tmp_path / "principals", b"ops\n")
+    host_key = openssh.write_file(tmp_path / "host_key", host["ssh-privatekey"], 0o600)
+    host_cert = openssh.write_file(tmp_path / "host_key-cert.pub", host["ssh-certificate"])
+    user_cas = openssh.write_file(tmp_path / "user_ca_keys", trust["ssh-ca.pub"].encode())
+    principals = openssh.write_file(tmp_path / "principals", b"ops\n")
     port, log = free_port(), tmp_path / "sshd.log"
     config = openssh.write_sshd_config(
         tmp_path,
@@ -78,30 +57,20 @@ def test_ssh_login_with_signet_host_and_user_certificates(
 
     # Client side: the user Secret, and the ConfigMap's @cert-authority line as the only
     # known host entry.
-    user_key = _write(tmp_path / "id", user["ssh-privatekey"], 0o600)
-    user_cert = _write(tmp_path / "id-cert.pub", user["ssh-certificate"])
-    known_hosts = _write(tmp_path / "known_hosts", trust["ssh_known_hosts"].encode())
+    user_key = openssh.write_file(tmp_path / "id", user["ssh-privatekey"], 0o600)
+    user_cert = openssh.write_file(tmp_path / "id-cert.pub", user["ssh-certificate"])
+    known_hosts = openssh.write_file(tmp_path / "known_hosts", trust["ssh_known_hosts"].encode())
     assert trust["ssh_known_hosts"].startswith("@cert-authority * ")
 
     def ssh(alias: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                "ssh", "-F", "/dev/null", "-p", str(port), "-i", str(user_key),
-                "-o", f"CertificateFile={user_cert}", "-o", "IdentitiesOnly=yes",
-                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-                "-o", f"HostKeyAlias={alias}", "-o", "ConnectTimeout=10",
-                f"{getpass.getuser()}@127.0.0.1", "echo signet-ok",
-            ],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+        return openssh.ssh_command(port, user_key, user_cert, known_hosts, alias)
 
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sshd_binary, "-D", "-e", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        _wait_listening(port, proc, log)
+        openssh.wait_listening(port, proc, log)
         result = ssh(HOST_NAME)
         assert result.returncode == 0, result.stderr + log.read_text()[-3000:]
         assert result.stdout.strip() == "signet-ok"

@@ -54,6 +54,7 @@ def test_status_lists_certificates_and_issuers_and_explains_failures(
         condition(issuer, "Ready")["reason"],
         issuer["status"]["keyAlgorithm"],
         issuer["spec"]["kms"]["cloudKMS"]["keyVersion"],
+        "Stable",
     ]
     not_ready = result.out.split("Not ready:")[1].strip().splitlines()
     assert not_ready == [f"Certificate {namespace}/orphan: {condition(orphan, 'Ready')['message']}"]

@@ -20,13 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from signet.kms.emulator import Counters
-from tests.kms_fixtures import KeyFactory
 from tests.kube import Kube, eventually
 from tests.operator.harness import (
     OperatorProcess,
-    issuer_manifest,
     signatures,
-    wait_issuer_ready,
 )
 from tests.podcerts.csrs import (
     approve,
@@ -44,21 +41,6 @@ pytestmark = pytest.mark.cluster
 
 OPTED_IN = {"certificateSigningRequests": {"enabled": True}}
 PURPOSE = "certificate-signing-request"
-
-
-@pytest.fixture
-def fresh_issuer(
-    crds: Kube, namespace: str, signet_operator: OperatorProcess, kms_key_factory: KeyFactory
-) -> Callable[..., dict[str, Any]]:
-    """A Ready Issuer in the test namespace on a KMS key of its own, so that the key's
-    signature count is this test's alone."""
-
-    def make(name: str, **spec: Any) -> dict[str, Any]:
-        key_version = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-        crds.apply(issuer_manifest(name, key_version, namespace=namespace, **spec))
-        return wait_issuer_ready(crds, namespace, name)
-
-    return make
 
 
 def _csr_audit(operator: OperatorProcess, kind: str, name: str) -> list[dict[str, Any]]:

@@ -87,7 +87,12 @@ def test_defaults() -> None:
             "exactly one URI",
         ),
         ({"x509": {}}, "InvalidSpec", "at least one identity"),
-        ({"x509": {"usages": ["cert sign"]}}, "InvalidSpec", "unknown usage 'cert sign'"),
+        (
+            {"x509": {"dnsNames": ["a.example"], "usages": ["cert sign"]}},
+            "UsageNotAllowed",
+            "'cert sign' is refused: Signet never issues CA certificates",
+        ),
+        ({"x509": {"usages": ["microsoft sgc"]}}, "InvalidSpec", "unknown usage 'microsoft sgc'"),
         (
             {"x509": {"spiffe": {"serviceAccount": "a"}, "usages": ["client auth"]}},
             "InvalidSpec",

@@ -43,6 +43,7 @@ def test_only_event_handlers_are_registered() -> None:
         "namespaces",
         "podcertificaterequests",
         "certificatesigningrequests",
+        "certificaterequests",
     }
 
 

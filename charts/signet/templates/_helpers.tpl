@@ -53,8 +53,14 @@ app.kubernetes.io/component: operator
 
 {{/* Consistency checks the JSON schema cannot express. */}}
 {{- define "signet.validate" -}}
-{{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
-{{- fail "replicaCount > 1 needs peering.enabled=true: standalone replicas would all act on every Certificate" }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) (not .Values.sharding.enabled) }}
+{{- fail "replicaCount > 1 needs peering.enabled=true or sharding.enabled=true: standalone replicas would all act on every Certificate" }}
+{{- end }}
+{{- if and .Values.peering.enabled .Values.sharding.enabled }}
+{{- fail "peering.enabled and sharding.enabled exclude each other: pick one" }}
+{{- end }}
+{{- if and .Values.sharding.enabled .Values.audit.existingClaim (gt (int .Values.replicaCount) 1) }}
+{{- fail "sharding with audit.existingClaim: replicas would append to one hash-chained file; use the log or one emptyDir per pod" }}
 {{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
 {{- fail "podDisruptionBudget: set only one of minAvailable and maxUnavailable (set the other to null)" }}
@@ -96,6 +102,15 @@ watchNamespaces is empty and per watched namespace (Role) otherwise. */}}
 - apiGroups: [certificates.k8s.io]
   resources: [podcertificaterequests/status]
   verbs: [update, patch]
+# cert-manager CertificateRequests naming Signet's issuers (Signet as an external issuer),
+# answered with one PUT of their status. Granted whether or not cert-manager is installed:
+# the watch starts when its CRDs appear.
+- apiGroups: [cert-manager.io]
+  resources: [certificaterequests]
+  verbs: [get, list, watch]
+- apiGroups: [cert-manager.io]
+  resources: [certificaterequests/status]
+  verbs: [update]
 {{ include "signet.eventRules" . }}
 {{- end }}
 

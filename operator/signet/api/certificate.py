@@ -18,20 +18,47 @@ from typing import Any
 
 from signet.api.duration import parse_duration
 from signet.api.errors import SpecError
+from signet.api.outputs import SecretOutputs, parse_outputs
 from signet.reasons import Reason
 
 KEY_SIZES = {"ECDSA": (256, 384, 521), "RSA": (2048, 3072, 4096), "Ed25519": ()}
 DEFAULT_KEY_SIZE = {"ECDSA": 256, "RSA": 2048, "Ed25519": None}
 USAGES = (
+    "signing",
     "digital signature",
+    "content commitment",
     "key encipherment",
+    "key agreement",
+    "data encipherment",
     "server auth",
     "client auth",
     "code signing",
     "email protection",
+    "s/mime",
+    "timestamping",
+    "ocsp signing",
+    "ipsec end system",
+    "ipsec tunnel",
+    "ipsec user",
+    "any",
 )
+"""cert-manager's usage names Signet issues; policy.allowedUsages says which an issuer grants."""
+CA_USAGES = ("cert sign", "crl sign")
+"""cert-manager offers them; Signet never makes a workload a CA, so they are refused."""
 DEFAULT_USAGES = ("digital signature", "key encipherment", "server auth", "client auth")
-EXTENDED_USAGES = ("server auth", "client auth", "code signing", "email protection")
+EXTENDED_USAGES = (
+    "server auth",
+    "client auth",
+    "code signing",
+    "email protection",
+    "s/mime",
+    "timestamping",
+    "ocsp signing",
+    "ipsec end system",
+    "ipsec tunnel",
+    "ipsec user",
+    "any",
+)
 SPIFFE_USAGES_RULE = (
     "a SPIFFE X509-SVID with extended key usages must include both 'server auth' and 'client auth'"
 )
@@ -86,6 +113,9 @@ class Subject:
     countries: tuple[str, ...] = ()
     localities: tuple[str, ...] = ()
     provinces: tuple[str, ...] = ()
+    street_addresses: tuple[str, ...] = ()
+    postal_codes: tuple[str, ...] = ()
+    serial_number: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,13 +157,17 @@ class CertificateSpec:
     ssh: SSHSpec | None = None
     secret_labels: Mapping[str, str] = field(default_factory=dict)
     secret_annotations: Mapping[str, str] = field(default_factory=dict)
+    outputs: SecretOutputs = field(default_factory=SecretOutputs)
+    """How the key and chain are written (encoding, keystores, extra formats): not part of
+    the content hash, since rewriting them costs no signature."""
 
     def content_hash(self) -> str:
         """A fingerprint of everything that shapes the issued certificate.
 
         Stored on the Secret: when it differs from the current spec, the identity no longer
-        matches what was asked and is re-issued. renewBefore, rotationPolicy and the
-        secretTemplate are left out on purpose: changing them must not cost a signature.
+        matches what was asked and is re-issued. renewBefore, rotationPolicy, the
+        secretTemplate and the outputs are left out on purpose: changing them must not cost
+        a signature.
         Every decision asks for it, so it is worked out once per parsed spec.
         """
         return self._content_hash
@@ -144,7 +178,7 @@ class CertificateSpec:
             "issuer": asdict(self.issuer_ref),
             "duration": self.duration.total_seconds(),
             "key": [self.private_key.algorithm, self.private_key.size],
-            "x509": asdict(self.x509) if self.x509 else None,
+            "x509": _x509_shape(self.x509) if self.x509 else None,
             "ssh": asdict(self.ssh) if self.ssh else None,
         }
         encoded = json.dumps(shaped, sort_keys=True, default=str).encode()
@@ -153,6 +187,20 @@ class CertificateSpec:
     def renew_before_or_default(self) -> datetime.timedelta:
         """cert-manager's default: renew when two thirds of the lifetime have passed."""
         return self.renew_before if self.renew_before is not None else self.duration / 3
+
+
+_LATER_SUBJECT_FIELDS = {"street_addresses": (), "postal_codes": (), "serial_number": None}
+"""Subject fields added after the content hash was first stored: left out while unset, so a
+spec that does not use them keeps the hash its Secret carries (no re-issue on upgrade)."""
+
+
+def _x509_shape(spec: X509Spec) -> dict[str, Any]:
+    shaped = asdict(spec)
+    subject = shaped["subject"]
+    for name, unset in _LATER_SUBJECT_FIELDS.items():
+        if subject[name] == unset:
+            del subject[name]
+    return shaped
 
 
 def _strings(value: Any, field_name: str, *, limit: int = 100) -> tuple[str, ...]:
@@ -210,6 +258,11 @@ def _x509(raw: Mapping[str, Any]) -> X509Spec:
         countries=_strings(subject_raw.get("countries"), "subject.countries"),
         localities=_strings(subject_raw.get("localities"), "subject.localities"),
         provinces=_strings(subject_raw.get("provinces"), "subject.provinces"),
+        street_addresses=_strings(
+            subject_raw.get("streetAddresses"), "subject.streetAddresses", limit=8
+        ),
+        postal_codes=_strings(subject_raw.get("postalCodes"), "subject.postalCodes", limit=8),
+        serial_number=_optional_string(subject_raw.get("serialNumber"), "subject.serialNumber"),
     )
     ips = _strings(raw.get("ipAddresses"), "spec.x509.ipAddresses", limit=32)
     for ip in ips:
@@ -219,10 +272,7 @@ def _x509(raw: Mapping[str, Any]) -> X509Spec:
             raise SpecError(
                 Reason.INVALID_SPEC, f"spec.x509.ipAddresses: {ip[:64]!r} is not an IP address"
             ) from None
-    usages = _strings(raw.get("usages"), "spec.x509.usages", limit=8) or DEFAULT_USAGES
-    unknown = [u for u in usages if u not in USAGES]
-    if unknown:
-        raise SpecError(Reason.INVALID_SPEC, f"spec.x509.usages: unknown usage {unknown[0]!r}")
+    usages = _usages(raw)
     spiffe = _mapping(raw.get("spiffe"), "spec.x509.spiffe")
     service_account = spiffe.get("serviceAccount") if spiffe else None
     uris = _strings(raw.get("uris"), "spec.x509.uris", limit=16)
@@ -266,6 +316,28 @@ def _x509(raw: Mapping[str, Any]) -> X509Spec:
             Reason.INVALID_SPEC, "spec.x509: name at least one identity (SAN or commonName)"
         )
     return spec
+
+
+def _optional_string(value: Any, field_name: str, *, limit: int = 64) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value or len(value) > limit):
+        raise SpecError(Reason.INVALID_SPEC, f"{field_name}: a string of 1 to {limit} characters")
+    return value
+
+
+def _usages(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    usages = _strings(raw.get("usages"), "spec.x509.usages", limit=16) or DEFAULT_USAGES
+    for usage in usages:
+        if usage in CA_USAGES:
+            raise SpecError(
+                Reason.USAGE_NOT_ALLOWED,
+                f"spec.x509.usages: {usage!r} is refused: Signet never issues CA certificates "
+                "to workloads",
+            )
+        if usage not in USAGES:
+            raise SpecError(Reason.INVALID_SPEC, f"spec.x509.usages: unknown usage {usage[:64]!r}")
+    if len(set(usages)) != len(usages):
+        raise SpecError(Reason.INVALID_SPEC, "spec.x509.usages: a usage is listed twice")
+    return usages
 
 
 def _ssh(raw: Mapping[str, Any]) -> SSHSpec:
@@ -367,7 +439,8 @@ def parse_certificate_spec(spec: Mapping[str, Any]) -> CertificateSpec:
     if has_x509 == has_ssh:
         raise SpecError(Reason.INVALID_SPEC, "exactly one of spec.x509 or spec.ssh must be set")
     template = _mapping(spec.get("secretTemplate"), "spec.secretTemplate")
-    private_key = _private_key(_mapping(spec.get("privateKey"), "spec.privateKey"))
+    private_key_raw = _mapping(spec.get("privateKey"), "spec.privateKey")
+    private_key = _private_key(private_key_raw)
     return CertificateSpec(
         issuer_ref=IssuerRef(issuer_name, kind),
         secret_name=secret_name,
@@ -378,4 +451,5 @@ def parse_certificate_spec(spec: Mapping[str, Any]) -> CertificateSpec:
         ssh=_ssh(_mapping(spec["ssh"], "spec.ssh")) if has_ssh else None,
         secret_labels=_template(template, "labels"),
         secret_annotations=_template(template, "annotations"),
+        outputs=parse_outputs(spec, private_key_raw),
     )

@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from signet.api.certificate import SSH_CRITICAL_OPTIONS, SSH_EXTENSIONS
+from signet.api.certificate import SSH_CRITICAL_OPTIONS, SSH_EXTENSIONS, USAGES
 from signet.api.duration import parse_duration
 from signet.api.errors import SpecError
+from signet.api.pkcs11uri import Pkcs11Key, parse_pkcs11_key
 from signet.reasons import Reason
 
 KEY_VERSION = re.compile(
@@ -25,6 +26,16 @@ DEFAULT_URI_PATTERNS = ("spiffe://{trustDomain}/ns/{namespace}/sa/*",)
 DEFAULT_SSH_PRINCIPAL_PATTERNS = ("{namespace}-*",)
 DEFAULT_SSH_EXTENSIONS = ("permit-pty",)
 DEFAULT_SSH_CRITICAL_OPTIONS = ("source-address",)
+DEFAULT_ALLOWED_USAGES = tuple(
+    u
+    for u in USAGES
+    if u not in ("timestamping", "ocsp signing", "ipsec end system", "ipsec tunnel", "ipsec user")
+    and u != "any"
+)
+"""The Certificate ``usages`` granted unless policy.allowedUsages says otherwise: every key
+usage and the extended ones for TLS, code signing and mail. Timestamping, OCSP signing,
+IPsec and "any" would let a workload speak for the CA's whole domain in another protocol,
+so an issuer grants them by name."""
 POD_KEY_TYPES = ("RSA3072", "RSA4096", "ECDSAP256", "ECDSAP384", "ECDSAP521", "ED25519")
 """The kubelet's key types, all of which Signet certifies."""
 POD_DNS_NAMES_ANNOTATION = "signet.dev/dns-names"
@@ -78,6 +89,7 @@ class Policy:
     allow_wildcards: bool = False
     allowed_ssh_extensions: tuple[str, ...] = DEFAULT_SSH_EXTENSIONS
     allowed_ssh_critical_options: tuple[str, ...] = DEFAULT_SSH_CRITICAL_OPTIONS
+    allowed_usages: tuple[str, ...] = DEFAULT_ALLOWED_USAGES
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,25 @@ class CertificateSigningRequests:
 
 
 @dataclass(frozen=True)
+class RotationSettings:
+    """How a key change rolls out (see `signet.decisions.rotation`): long enough by default
+    for every kubelet to refresh a mounted bundle before a peer meets the new key."""
+
+    trust_propagation: datetime.timedelta = datetime.timedelta(minutes=5)
+    reissue_qps: float = 10.0
+    """Leaves of the old key replaced per second, under the process-wide --sign-qps."""
+    retirement_grace: datetime.timedelta | None = None
+    """How long the old anchor outlives its last leaf; default the propagation period,
+    which a withdrawal needs to reach pods as much as a publication does."""
+
+    @property
+    def grace(self) -> datetime.timedelta:
+        if self.retirement_grace is None:
+            return self.trust_propagation
+        return self.retirement_grace
+
+
+@dataclass(frozen=True)
 class IssuerSpec:
     """An Issuer or ClusterIssuer: the KMS key, the CA, the policy and what it issues."""
 
@@ -140,10 +171,13 @@ class IssuerSpec:
     trust_domain: str
     policy: Policy
     namespace_selector: Mapping[str, Any] | None = field(default=None)
+    pkcs11: Pkcs11Key | None = field(default=None)
+    """Set when the key is on a PKCS#11 token; ``key_version`` is then its canonical URI."""
     pod_certificates: PodCertificates = field(default_factory=PodCertificates)
     certificate_signing_requests: CertificateSigningRequests = field(
         default_factory=CertificateSigningRequests
     )
+    rotation: RotationSettings = field(default_factory=RotationSettings)
 
     @property
     def x509_enabled(self) -> bool:
@@ -218,6 +252,7 @@ def _policy(raw: Mapping[str, Any]) -> Policy:
             DEFAULT_SSH_CRITICAL_OPTIONS,
             tuple(SSH_CRITICAL_OPTIONS.values()),
         ),
+        allowed_usages=_names(raw, "allowedUsages", DEFAULT_ALLOWED_USAGES, USAGES),
     )
 
 
@@ -306,17 +341,67 @@ def _certificate_signing_requests(raw: Any) -> CertificateSigningRequests:
     )
 
 
-def parse_issuer_spec(
-    kind: str, name: str, namespace: str | None, spec: Mapping[str, Any]
-) -> IssuerSpec:
-    """Validate an Issuer/ClusterIssuer ``spec``; raise `SpecError` on the first problem."""
-    key_version = ((spec.get("kms") or {}).get("cloudKMS") or {}).get("keyVersion")
+MAX_TRUST_PROPAGATION = datetime.timedelta(hours=168)
+MAX_REISSUE_QPS = 1000.0
+
+
+def _rotation_duration(raw: Mapping[str, Any], key: str) -> datetime.timedelta | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    duration = parse_duration(value, field=f"spec.rotation.{key}")
+    if duration > MAX_TRUST_PROPAGATION:
+        raise SpecError(Reason.INVALID_DURATION, f"spec.rotation.{key} must be at most 168h")
+    return duration
+
+
+def _rotation(raw: Any) -> RotationSettings:
+    if raw is None:
+        return RotationSettings()
+    if not isinstance(raw, Mapping):
+        raise SpecError(Reason.INVALID_SPEC, "spec.rotation: expected an object")
+    qps = raw.get("reissueQPS", RotationSettings.reissue_qps)
+    if isinstance(qps, bool) or not isinstance(qps, int | float) or not 0 < qps <= MAX_REISSUE_QPS:
+        raise SpecError(
+            Reason.INVALID_SPEC,
+            f"spec.rotation.reissueQPS must be a number above 0 and at most {MAX_REISSUE_QPS:g}",
+        )
+    propagation = _rotation_duration(raw, "trustPropagation") or RotationSettings.trust_propagation
+    return RotationSettings(
+        trust_propagation=propagation,
+        reissue_qps=float(qps),
+        retirement_grace=_rotation_duration(raw, "retirementGrace"),
+    )
+
+
+def _kms_key(kind: str, kms: Mapping[str, Any]) -> tuple[str, Pkcs11Key | None]:
+    """The key's identity string and, for an HSM key, how to reach it: exactly one of
+    ``cloudKMS`` and ``pkcs11``."""
+    if ("cloudKMS" in kms) == ("pkcs11" in kms):
+        raise SpecError(
+            Reason.INVALID_KEY_VERSION, "spec.kms: set exactly one of cloudKMS or pkcs11"
+        )
+    if "pkcs11" in kms:
+        try:
+            key = parse_pkcs11_key(kms["pkcs11"])
+        except ValueError as error:
+            raise SpecError(Reason.INVALID_KEY_VERSION, str(error)) from None
+        return key.uri.canonical, key
+    key_version = (kms.get("cloudKMS") or {}).get("keyVersion")
     if not isinstance(key_version, str) or not KEY_VERSION.match(key_version):
         raise SpecError(
             Reason.INVALID_KEY_VERSION,
             "spec.kms.cloudKMS.keyVersion must be projects/P/locations/L/keyRings/R/cryptoKeys/K"
             f"/cryptoKeyVersions/N, got {str(key_version)[:200]!r}",
         )
+    return key_version, None
+
+
+def parse_issuer_spec(
+    kind: str, name: str, namespace: str | None, spec: Mapping[str, Any]
+) -> IssuerSpec:
+    """Validate an Issuer/ClusterIssuer ``spec``; raise `SpecError` on the first problem."""
+    key_version, pkcs11 = _kms_key(kind, spec.get("kms") or {})
     x509 = spec.get("x509") or {}
     ca_secret = self_signed = None
     if x509.get("caSecretRef") is not None and x509.get("selfSigned") is not None:
@@ -350,6 +435,7 @@ def parse_issuer_spec(
         name=name,
         namespace=namespace,
         key_version=key_version,
+        pkcs11=pkcs11,
         ca_secret=ca_secret,
         self_signed=self_signed,
         ssh_enabled=ssh_enabled,
@@ -360,4 +446,5 @@ def parse_issuer_spec(
         certificate_signing_requests=_certificate_signing_requests(
             spec.get("certificateSigningRequests")
         ),
+        rotation=_rotation(spec.get("rotation")),
     )

@@ -1,6 +1,7 @@
 """What the request paths answered through a status share: Kubernetes' own certificate
-requests (PodCertificateRequest, CertificateSigningRequest) are each answered once, by one
-write, and until then wait out failures on the one work queue.
+requests (PodCertificateRequest, CertificateSigningRequest) and cert-manager's
+CertificateRequests are each answered once, by one write, and until then wait out failures
+on the one work queue (a kind whose status can say so says it is waiting).
 
 Each path keeps its own reading of the request, its own decision, its own status shape and
 its own API calls (a `RequestController` subclass); the life cycle around them is the same
@@ -252,6 +253,8 @@ class RequestController(abc.ABC, Generic[K, R, P]):
     EVENT_WHILE_WAITING: ClassVar[bool]
     """Whether waiting is said by a Warning Event: for a status with no condition that
     could say it."""
+    API_VERSION: ClassVar[str] = API_VERSION
+    """Of the kind's objects, for Events about them (a watched body may lack it)."""
 
     def __init__(
         self,
@@ -278,6 +281,11 @@ class RequestController(abc.ABC, Generic[K, R, P]):
         self._retries: Retries[K] = Retries(schedule, clock)
         self._answers: Answers[K] = Answers(self.KIND, metrics)
         self._signed: Ledger[K, Signed[K]] = Ledger(audit, metrics=metrics)
+        self._unseen_answers: set[K] = set()
+        """Requests this process answered whose answer the watch has not shown yet: an
+        event from before the answer (a status of our own that said the request waits,
+        delivered late) must not start a pass that signs again, so until the answer is
+        seen a pass reads the request from the API instead."""
 
     # -- what each kind does its own way ---------------------------------------------------
     @abc.abstractmethod
@@ -328,6 +336,16 @@ class RequestController(abc.ABC, Generic[K, R, P]):
     def _refused(self, body: Obj, type_: str, reason: Reason, message: str) -> Obj:
         """The status of a final refusal (``type_`` is its condition)."""
 
+    def _ours(self, body: Obj) -> bool:
+        """Whether the request is for one of Signet's signers at all; by default what its
+        ``spec.signerName`` names."""
+        return is_ours(str((body.get("spec") or {}).get("signerName") or ""))
+
+    def _waiting(self, body: Obj, reason: Reason, message: str) -> Obj | None:
+        """The status that says the request waits, for a kind whose status can say it;
+        None (the default) writes nothing."""
+        return None
+
     async def _readable(self, ident: K, body: Obj) -> Obj:
         """The body to parse the request from: by default the one watched. Writes always
         go to the watched body."""
@@ -348,8 +366,7 @@ class RequestController(abc.ABC, Generic[K, R, P]):
         """Take a watch event; return the request if it needs a pass. Requests for other
         signers, requests left alone and requests already answered are dropped here, from
         the event alone."""
-        spec = body.get("spec") or {}
-        if not is_ours(str(spec.get("signerName") or "")):
+        if not self._ours(body):
             return None
         ident = self._ident(body)
         if deleted:
@@ -382,6 +399,7 @@ class RequestController(abc.ABC, Generic[K, R, P]):
         if the answer is ours (its write succeeded though we have not heard back yet, or
         its answer was lost), else discarded."""
         self.pending.pop(ident, None)
+        self._unseen_answers.discard(ident)
         self._retries.forget(ident)
         self._answers.forget(ident)
         kept = self._signed.get(ident)
@@ -402,6 +420,8 @@ class RequestController(abc.ABC, Generic[K, R, P]):
     async def reconcile(self, ident: K) -> None:
         """One pass; whatever goes wrong ends in a retry on the backoff schedule."""
         body = self.pending.pop(ident, None)
+        if ident in self._unseen_answers:
+            body = None  # possibly from before our answer: read the request anew
         try:
             if body is None:
                 body = await self._get(ident)
@@ -471,6 +491,12 @@ class RequestController(abc.ABC, Generic[K, R, P]):
         failure = self._retries.failed(ident)
         if self.EVENT_WHILE_WAITING:
             self._events.post(self._involved(body), type="Warning", reason=reason, message=message)
+        status = self._waiting(body, reason, message)
+        if status is not None:
+            try:
+                await self._write_status(ident, body, status)
+            except ApiError as error:  # said on the next attempt, already scheduled
+                self._log.warning("%s: waiting not written: %s", self._target(ident), error)
         self._log.warning(
             "%s: %s: %s; next attempt at %s",
             self._target(ident),
@@ -513,6 +539,7 @@ class RequestController(abc.ABC, Generic[K, R, P]):
             raise
         if written is None:
             return
+        self._unseen_answers.add(ident)
         self._retries.succeeded(ident)
         self._answers.answered(ident, "Issued", Reason.ISSUED, seen)
         # Says nothing if the watch saw the answer first and accounted for it.
@@ -586,6 +613,7 @@ class RequestController(abc.ABC, Generic[K, R, P]):
         seen = self._answers.first_seen(ident)
         if await self._write_status(ident, body, status) is None:
             return
+        self._unseen_answers.add(ident)
         self._retries.succeeded(ident)
         self._answers.answered(ident, type_, reason, seen)
         self._signed.discard(ident, "Superseded", f"the request was answered {type_}")
@@ -608,7 +636,7 @@ class RequestController(abc.ABC, Generic[K, R, P]):
 
     def _involved(self, body: Obj) -> Obj:
         """The body with its apiVersion and kind, which a watched body may lack."""
-        return {**body, "apiVersion": API_VERSION, "kind": self.KIND}
+        return {**body, "apiVersion": self.API_VERSION, "kind": self.KIND}
 
     def _target(self, ident: K) -> str:
         return f"{self.KIND} {self._label(ident)}"

@@ -20,10 +20,10 @@ from signet import issuance
 from signet.api import SpecError
 from signet.api.certificate import RENEW_ANNOTATION, CertificateSpec
 from signet.api.times import timestamp_or_none
-from signet.controller import certstatus
+from signet.controller import certstatus, rollover
 from signet.controller import status as st
 from signet.controller.certstatus import Failure, generation_of
-from signet.controller.delivery import SecretWriter
+from signet.controller.delivery import PasswordUnavailable, SecretWriter
 from signet.controller.issuers import IssuerController, IssuerState
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.controller.signing import Signatures
@@ -89,7 +89,7 @@ class CertificateController:
         self._events = events
         self._metrics = metrics
         self._issuers = issuers
-        self._trust = trust
+        self.trust = trust
         self._schedule = schedule
         self._namespace_labels = namespace_labels
         self._namespace_terminating = namespace_terminating
@@ -97,6 +97,7 @@ class CertificateController:
         self._secrets = SecretWriter(api, self.cache, metrics, clock)
         self.signatures = Signatures(audit, metrics=metrics)
         self._failures: dict[CertId, Failure] = {}
+        self._pacer = rollover.ReissuePacer()
 
     # -- watch input ----------------------------------------------------------------------
     def observe_certificate(self, body: Obj, deleted: bool, *, busy: bool = False) -> CertId | None:
@@ -134,8 +135,11 @@ class CertificateController:
         desired = self._ready(body, evaluation.spec, summary, decision.wake_at)
         if st.status_patch(body.get("status"), desired) is not None:
             return False
-        if evaluation.material is not None and not self._trust.published(
-            evaluation.issuer, evaluation.material, ident[0]
+        state = evaluation.issuer_state
+        if (
+            evaluation.material is not None
+            and state is not None
+            and not self.trust.published(evaluation.issuer, state.trust, ident[0])
         ):
             return False
         if decision.wake_at is not None:
@@ -190,24 +194,46 @@ class CertificateController:
         state = self._issuers.states.get(issuer)
         material = state.material if state and state.ready else None
         namespaces: set[str] = set()
+        due: list[CertId] = []
         for cert in self.cache.issuer_links.users(issuer):
             namespaces.add(cert[0])
-            secret = self.cache.secret_links.targets.get(cert)
-            summary = self.cache.secrets.get(secret) if secret else None
             if (
                 material is not None
                 and cert not in self._failures
-                and _signed_by(summary, material)
+                and _signed_by(self.cache.summary_of(cert), material)
             ):
                 continue
             self._failures.pop(cert, None)
-            self._schedule(cert, 0)
+            due.append(cert)
+        for cert in rollover.oldest_first(self.cache, due):
+            self._schedule(cert, self._rotation_wait(issuer, state, cert))
         return namespaces
+
+    def leaves_on(self, issuer: IssuerId, key_version: str) -> int:
+        """The issuer's Certificates whose Secret holds a valid leaf of ``key_version``."""
+        return rollover.leaves_on(self.cache, issuer, key_version, self._clock())
+
+    def namespaces_of(self, issuer: IssuerId) -> set[str]:
+        return {cert[0] for cert in self.cache.issuer_links.users(issuer)}
+
+    def _rotation_wait(self, issuer: IssuerId, state: IssuerState | None, cert: CertId) -> float:
+        """Seconds until a leaf the issuer's rotation replaces has its slot; 0 for any
+        other Certificate."""
+        current = state.rollover if state is not None and state.ready else None
+        if current is None or current.signing_key == current.retiring.key_version:
+            return 0.0
+        summary = self.cache.summary_of(cert)
+        if summary is None or summary.annotations.get(layout.KEY_VERSION) != (
+            current.retiring.key_version
+        ):
+            return 0.0
+        assert state is not None and state.spec is not None
+        return self._pacer.wait(issuer, cert, state.spec.rotation.reissue_qps)
 
     async def publish_trust(self, issuer: IssuerId, namespace: str) -> None:
         state = self._issuers.states.get(issuer)
         if state is not None and state.ready and state.material is not None:
-            await self._trust.publish(issuer, state.material, namespace)
+            await self.trust.publish(issuer, state.trust, namespace)
 
     def on_namespace_change(self, namespace: str) -> None:
         for cert, issuer in list(self.cache.issuer_links.targets.items()):
@@ -218,6 +244,7 @@ class CertificateController:
     def _forget(self, ident: CertId) -> None:
         self.cache.forget(ident)
         self._failures.pop(ident, None)
+        self._pacer.forget(ident)
         self._metrics.forget_certificate(ident)
         self.signatures.discard(ident, "CertificateDeleted", "the Certificate was deleted")
 
@@ -278,7 +305,21 @@ class CertificateController:
                     body, type="Normal", reason=Reason.SECRET_REPAIRED, message=decision.message
                 )
             summary = self.cache.secrets.get(secret_id(ident[0], spec.secret_name), summary)
-        if decision.action in (Action.NOTHING, Action.REPAIR_METADATA):
+        if decision.action is Action.REWRITE_OUTPUTS:
+            assert summary is not None
+            failure = self._failures.get(ident)
+            wait = failure.wait(generation_of(body), self._clock()) if failure else None
+            if wait is not None:
+                self._schedule(ident, wait)
+                return
+            readable, password = await self._password(body, spec)
+            if not readable or not await self._secrets.rewrite_outputs(spec, summary, password):
+                return
+            self._events.post(
+                body, type="Normal", reason=Reason.SECRET_REPAIRED, message=decision.message
+            )
+            summary = self.cache.secrets[secret_id(ident[0], spec.secret_name)]
+        if decision.action in (Action.NOTHING, Action.REPAIR_METADATA, Action.REWRITE_OUTPUTS):
             assert summary is not None
             self._failures.pop(ident, None)
             self.signatures.settle(ident, summary)
@@ -309,6 +350,14 @@ class CertificateController:
             return
         material = evaluation.material
         assert material is not None  # the gates let only a ready issuer through
+        if decision.reason is Reason.INCORRECT_ISSUER:
+            wait = self._rotation_wait(evaluation.issuer, evaluation.issuer_state, ident)
+            if wait > 0:
+                self._schedule(ident, wait)
+                return
+        readable, password = await self._password(body, spec)  # before KMS, which it would waste
+        if not readable:
+            return
         signed = self.signatures.usable(ident, body, spec, material, self._clock())
         if signed is None:
             try:
@@ -324,10 +373,24 @@ class CertificateController:
             except ValueError as error:
                 await self._fail(body, Reason.INVALID_REQUEST, str(error), spec=spec)
                 return
-        await self._deliver(ident, body, evaluation, signed)
+        await self._deliver(ident, body, evaluation, signed, password)
+
+    async def _password(self, body: Obj, spec: CertificateSpec) -> tuple[bool, bytes | None]:
+        """Whether the keystore password could be read (if not, the Certificate is failed
+        with the reason and retried), and the password (None without a keystore)."""
+        try:
+            return True, await self._secrets.keystore_password(spec, body["metadata"]["namespace"])
+        except PasswordUnavailable as error:
+            await self._fail(body, error.reason, error.message, spec=spec)
+            return False, None
 
     async def _deliver(
-        self, ident: CertId, body: Obj, evaluation: Evaluation, signed: Unwritten
+        self,
+        ident: CertId,
+        body: Obj,
+        evaluation: Evaluation,
+        signed: Unwritten,
+        password: bytes | None,
     ) -> None:
         spec, summary, decision = evaluation.spec, evaluation.summary, evaluation.decision
         assert evaluation.material is not None
@@ -336,7 +399,7 @@ class CertificateController:
         with self.cache.own_write(secret):
             try:
                 written = await self._secrets.write(
-                    body, spec, evaluation.material, signed, summary
+                    body, spec, evaluation.material, signed, summary, password
                 )
             except ApiError as error:
                 self.signatures.delivery_failed(signed, target, error)
@@ -413,9 +476,9 @@ class CertificateController:
     async def _become_ready(self, body: Obj, desired: Obj, evaluation: Evaluation) -> None:
         """Ready promises the namespace's trust bundle too: a pod that mounts it next to the
         Secret must not wait on it. Once per namespace and issuer key; after that a no-op."""
-        if evaluation.material is not None:
+        if evaluation.issuer_state is not None and evaluation.material is not None:
             namespace = body["metadata"]["namespace"]
-            await self._trust.publish(evaluation.issuer, evaluation.material, namespace)
+            await self.trust.publish(evaluation.issuer, evaluation.issuer_state.trust, namespace)
         await self._patch_status(body, desired)
 
     async def _patch_status(self, body: Obj, desired: Obj) -> None:

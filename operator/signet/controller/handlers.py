@@ -118,6 +118,15 @@ async def certificate_signing_request(event: kopf.RawEvent, memo: kopf.Memo, **_
     _runtime(memo).certificate_signing_request_event(event.get("type"), dict(event["object"]))
 
 
+@kopf.on.event("cert-manager.io", "v1", "certificaterequests")
+async def certificate_request(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """cert-manager's requests; served only while its CRDs exist (kopf starts and stops the
+    watch as they come and go, and warns of an unresolved resource meanwhile)."""
+    body = event["object"]
+    memo["pacer"].handled("certificaterequests", body["metadata"].get("namespace"))
+    _runtime(memo).certificate_request_event(event.get("type"), dict(body))
+
+
 @kopf.on.event("v1", "secrets")
 async def secret(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     body = event["object"]

@@ -11,27 +11,36 @@ import base64
 import datetime
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from signet.api import SpecError
 from signet.api.issuer import IssuerSpec, parse_issuer_spec
 from signet.api.times import timestamp_or_none
-from signet.controller import status as st
+from signet.controller import issuerstatus, rollover
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
+from signet.decisions import rotation
 from signet.decisions.certificate import retry_delay
-from signet.issuance import IssuerMaterial
-from signet.kms.cloudkms import CloudKmsSigner, RetryPolicy
-from signet.kms.errors import KmsError, KmsKeyDisabled, KmsKeyNotFound
+from signet.issuance import IssuerMaterial, TrustSet
+from signet.kms import backends
+from signet.kms.cloudkms import RetryPolicy
+from signet.kms.errors import (
+    KmsError,
+    KmsInvalidArgument,
+    KmsKeyDisabled,
+    KmsKeyNotFound,
+    KmsUnavailable,
+)
 from signet.kms.limiter import SignLimiter
-from signet.kms.signer import KmsPublicKey
+from signet.kms.signer import KmsPublicKey, Signer
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
-from signet.pki import keys, kmskey
+from signet.observe.metrics import Metrics
+from signet.pki import kmskey
 from signet.pki import ssh as pki_ssh
 from signet.pki import x509 as pki_x509
 from signet.pki.chain import CaChain, parse_ca_chain
@@ -58,6 +67,14 @@ class IssuerState:
     failures: int = 0
     bootstrap: str | None = None
     """Audit id of a CA bootstrap signature made by this resolve, until it is published."""
+    trust: TrustSet = field(default_factory=TrustSet)
+    """What peers of this issuer's leaves must trust: both keys during a rotation."""
+    step: rotation.Step | None = None
+    """Where the issuer's key rotation stands (None until resolved)."""
+
+    @property
+    def rollover(self) -> rotation.Rollover | None:
+        return self.step.rollover if self.step is not None else None
 
 
 def issuer_id(body: Obj) -> IssuerId:
@@ -82,6 +99,8 @@ class IssuerController:
         schedule: Callable[[IssuerId, float], None],
         observe_sign: Callable[[Any], None] | None = None,
         retry: RetryPolicy | None = None,
+        metrics: Metrics | None = None,
+        rotation_overlap: bool = True,
     ) -> None:
         self._api = api
         self._events = events
@@ -93,11 +112,28 @@ class IssuerController:
         self._schedule = schedule
         self._observe_sign = observe_sign
         self._retry = retry
-        self._signers: dict[str, CloudKmsSigner] = {}
+        self._signers: dict[str, Signer] = {}
         self.states: dict[IssuerId, IssuerState] = {}
         self.pending: dict[IssuerId, Obj] = {}
         self._key_facts: dict[str, str] = {}
         """Last fact audited per key version, so a fact is recorded when it changes."""
+        self._metrics = metrics
+        self._overlap = rotation_overlap
+        self._written: dict[IssuerId, tuple[rotation.Rollover | None, rotation.Anchor]] = {}
+        """The rollover and signing anchor this process last wrote to status: a watch
+        event can still carry the status from before that write."""
+        self.trust_published: Callable[[IssuerId, TrustSet, IssuerSpec], bool] = lambda *_: True
+        """Whether every bundle of the issuer holds this trust set (set by the runtime)."""
+        self.old_leaves: Callable[[IssuerId, str], int] = lambda *_: 0
+        """Leaves of the issuer's Certificates signed by a key version, still valid."""
+        self.leads: Callable[[IssuerId], bool] = lambda _: True
+        """Whether this replica writes the issuer's status and Events and may bootstrap its
+        CA. With sharding only the issuer's owner does; the other replicas resolve the
+        same material from what it wrote (one bootstrap signature, no status fight)."""
+
+    def forget_written(self) -> None:
+        """Another replica may have moved rollovers on while this one stood by."""
+        self._written.clear()
 
     def note_key_fact(self, key_version: str, fact: str, message: str) -> None:
         """Audit what Signet learned about a key (first use by this process, found
@@ -111,25 +147,83 @@ class IssuerController:
         if isinstance(error, KmsKeyDisabled | KmsKeyNotFound):
             self.note_key_fact(error.key_version, error.reason, str(error))
 
-    def signer(self, key_version: str) -> CloudKmsSigner:
+    def signer(self, key_version: str, spec: IssuerSpec | None = None) -> Signer:
         """One signer per key version for the life of the process: its public key is
-        fetched once and every Certificate shares its limiter."""
-        signer = self._signers.get(key_version)
+        fetched once and every Certificate shares its limiter.
+
+        A PKCS#11 key (``spec.kms.pkcs11``; ``key_version`` is then its URI) also needs
+        its module and PIN: from ``spec`` when given, else from the spec of an issuer
+        resolved earlier with that key (a rollover's older key). The cache key includes
+        module, algorithm and where the PIN is read, so an edited spec gets a fresh signer
+        and each issuer proves its own PIN (a signer shared with another issuer would
+        sign with that issuer's).
+        """
+        if spec is None or spec.key_version != key_version:
+            spec = next(
+                (
+                    state.spec
+                    for state in self.states.values()
+                    if state.spec is not None and state.spec.key_version == key_version
+                ),
+                None,
+            )
+        pkcs11 = spec.pkcs11 if spec is not None else None
+        cache_key = key_version
+        if pkcs11 is not None and spec is not None:
+            ref = pkcs11.pin_secret
+            pin_at = pkcs11.pin_file
+            if ref is not None:
+                namespace = spec.namespace or self._operator_namespace
+                pin_at = f"secret:{namespace}/{ref.name}/{ref.key}"
+            cache_key = f"{key_version} {pkcs11.module} {pkcs11.algorithm} {pin_at}"
+        elif key_version.startswith("pkcs11:"):
+            known = [s for s in self._signers.values() if s.key_version == key_version]
+            if known:
+                return known[0]
+            raise KmsInvalidArgument(
+                key_version, "no issuer names this PKCS#11 key any more: module and PIN unknown"
+            )
+        signer = self._signers.get(cache_key)
         if signer is None:
-            signer = CloudKmsSigner(
-                self._kms_client,
+            signer = backends.open_signer(
                 key_version,
+                pkcs11,
+                kms_client=self._kms_client,
                 limiter=self._limiter,
                 observe=self._observe_sign,
                 retry=self._retry,
+                pin_source=self._pin_reader(spec) if spec is not None else None,
             )
-            self._signers[key_version] = signer
+            self._signers[cache_key] = signer
         return signer
+
+    def _pin_reader(self, spec: IssuerSpec) -> backends.PinSource | None:
+        """Reads the PIN from the issuer's PIN Secret at each login (never cached here, so
+        an updated Secret is used after a refused PIN); None for a pinFile."""
+        pkcs11 = spec.pkcs11
+        if pkcs11 is None or pkcs11.pin_secret is None:
+            return None
+        ref, key_version = pkcs11.pin_secret, spec.key_version
+        namespace = spec.namespace or self._operator_namespace
+
+        async def read() -> str:
+            try:
+                secret = await self._api.get_secret(namespace, ref.name)
+            except ApiError as error:
+                raise KmsUnavailable(
+                    key_version, f"PIN Secret {namespace}/{ref.name} could not be read: {error}"
+                ) from None
+            return backends.pin_from_secret(secret, namespace, ref, key_version)
+
+        return read
 
     def observe(self, body: Obj, deleted: bool) -> None:
         ident = issuer_id(body)
         if deleted:
             self.pending.pop(ident, None)
+            self._written.pop(ident, None)
+            if self._metrics is not None:
+                self._metrics.forget_issuer(ident)
             if self.states.pop(ident, None) is not None:
                 self._on_change(ident)
             return
@@ -153,7 +247,7 @@ class IssuerController:
         state = await self._resolve(ident, body, previous)
         if state.ready:
             state.failures = 0
-            self._schedule(ident, RECHECK.total_seconds())
+            self._schedule(ident, _next_look(state))
         else:
             state.failures = (previous.failures if previous else 0) + 1
             if not state.reason.permanent:  # a spec error waits for the spec to change
@@ -165,6 +259,7 @@ class IssuerController:
             or previous.spec != state.spec
             or _material_key(previous.material) != _material_key(state.material)
         )
+        trust_changed = state.ready and (previous is None or previous.trust != state.trust)
         if state.bootstrap is None and previous is not None and previous.bootstrap is not None:
             if _ca_serial(previous.material) == _ca_serial(state.material):
                 state.bootstrap = previous.bootstrap  # made earlier, still to be published
@@ -175,12 +270,16 @@ class IssuerController:
                     reason="Superseded",
                     message="the issuer changed before its bootstrap CA was published",
                 )
+        leads = self.leads(ident)
         try:
-            await self._write_status(body, state)
+            if leads:
+                await self._write_status(body, state)
         except ApiError as error:
             logger.warning("%s %s: status not written: %s", kind, name, error)
             self._schedule(ident, retry_delay(max(state.failures, 1)).total_seconds())
         else:
+            if leads:
+                self._note_rotation(ident, body, state)
             if state.bootstrap is not None:
                 self._audit.delivery(
                     state.bootstrap,
@@ -190,12 +289,38 @@ class IssuerController:
                     target="status.caCertificate",
                 )
                 state.bootstrap = None
-        if changed:
+        if changed and leads:
             if state.ready:
                 self._events.post(body, type="Normal", reason="Ready", message=state.message)
             else:
                 self._events.post(body, type="Warning", reason=state.reason, message=state.message)
+        if changed or trust_changed:
             self._on_change(ident)
+
+    def _note_rotation(self, ident: IssuerId, body: Obj, state: IssuerState) -> None:
+        """After the status holding it was written: remember the rollover, and tell of a
+        phase change (Event, audit record, metric) exactly once."""
+        step = state.step
+        if step is None or state.material is None:
+            return
+        self._written[ident] = (step.rollover, state.material.anchor)
+        if self._metrics is not None:
+            self._metrics.observe_rotation(ident, step.phase)
+        if step.transition is None:
+            return
+        self._events.post(body, type="Normal", reason=step.transition, message=step.message)
+        rollover = step.rollover
+        self._audit.record(
+            "signet.dev/rotation",
+            event=str(step.transition),
+            issuer=state.material.spec.ref,
+            phase=str(step.phase),
+            keyVersion=step.signing_key,
+            fromKeyVersion=rollover.retiring.key_version if rollover else None,
+            toKeyVersion=rollover.target.key_version if rollover else None,
+            message=step.message,
+        )
+        logger.info("%s: %s: %s", state.material.spec.ref, step.transition, step.message)
 
     async def _resolve(
         self, ident: IssuerId, body: Obj, previous: IssuerState | None
@@ -205,14 +330,28 @@ class IssuerController:
             spec = parse_issuer_spec(kind, name, namespace or None, body.get("spec") or {})
         except SpecError as error:
             return IssuerState(False, error.reason, error.message)
-        signer = self.signer(spec.key_version)
+        status = body.get("status") or {}
+        recorded, signing = self._written.get(ident) or (
+            rotation.from_status(status),
+            rotation.signing_anchor(status),
+        )
+        known = rollover.known_anchors(status, recorded, previous.material if previous else None)
         bootstrap: list[str] = []
         try:
-            kms_key = await signer.public_key()
-            self.note_key_fact(
-                spec.key_version, "KeyVersionInUse", f"{spec.ref} signs with {kms_key.algorithm}"
-            )
-            chain = await self._ca_chain(spec, kms_key, signer, body, previous, bootstrap)
+            if rollover.queued(recorded, spec.key_version):
+                # One rollover at a time: the key named now waits, unresolved (resolving
+                # would bootstrap a CA that nothing records yet).
+                assert recorded is not None
+                wanted = rotation.Anchor(spec.key_version)
+                step = self._step(ident, spec, recorded, signing, wanted)
+                material = await self._anchor_material(spec, recorded.target)
+            else:
+                target = await self._material(spec, body, known, bootstrap)
+                step = self._step(ident, spec, recorded, signing, target.anchor)
+                material = target
+                if step.signing_key != spec.key_version:
+                    anchor = next(a for a in step.anchors if a.key_version == step.signing_key)
+                    material = await self._anchor_material(spec, anchor)
         except KmsError as error:
             self.note_kms_error(error)
             return IssuerState(False, error.reason, str(error), spec)
@@ -224,32 +363,96 @@ class IssuerController:
             return IssuerState(False, Reason.INTERNAL_ERROR, str(error), spec)
         except SpecError as error:
             return IssuerState(False, error.reason, error.message, spec)
-        ssh_line = None
-        if spec.ssh_enabled:
-            try:
-                pki_ssh.check_ssh_ca_algorithm(kms_key.algorithm)
-            except ValueError as error:
-                return IssuerState(False, Reason.SSH_UNSUPPORTED_KEY, str(error), spec)
-            ssh_line = pki_ssh.public_key_line(kms_key.public_key, f"signet-{name}")
-        material = IssuerMaterial(spec, signer, kms_key, chain, ssh_line)
-        what = ", ".join(p for p in ("X.509" if chain else "", "SSH" if ssh_line else "") if p)
+        what = ", ".join(
+            p
+            for p in ("X.509" if material.chain else "", "SSH" if material.ssh_ca_line else "")
+            if p
+        )
+        message = (
+            f"signing {what} with {material.kms_key.key_version} ({material.kms_key.algorithm})"
+        )
+        if step.rollover is not None:
+            message += f"; rotation {step.rollover.progress()}: {step.message}"
         return IssuerState(
             True,
             Reason.KEY_READY,
-            f"signing {what} with {spec.key_version} ({kms_key.algorithm})",
+            message,
             spec,
             material,
             bootstrap=bootstrap[0] if bootstrap else None,
+            trust=TrustSet.of(step.anchors or (material.anchor,)),
+            step=step,
         )
+
+    def _step(
+        self,
+        ident: IssuerId,
+        spec: IssuerSpec,
+        recorded: rotation.Rollover | None,
+        signing: rotation.Anchor | None,
+        wanted: rotation.Anchor,
+    ) -> rotation.Step:
+        facts = rotation.Facts(
+            now=datetime.datetime.now(datetime.UTC),
+            trust_published=lambda anchors: self.trust_published(ident, TrustSet.of(anchors), spec),
+            old_leaves=lambda key_version: self.old_leaves(ident, key_version),
+            unreissuable_lifetime=rollover.unreissuable_lifetime(spec),
+        )
+        return rotation.step(recorded, signing, wanted, spec.rotation, facts, overlap=self._overlap)
+
+    async def _material(
+        self, spec: IssuerSpec, body: Obj, known: list[bytes], bootstrap: list[str]
+    ) -> IssuerMaterial:
+        """The material of the key the spec names, bootstrapping its CA if needed."""
+        signer = self.signer(spec.key_version, spec)
+        kms_key = await signer.public_key()
+        self.note_key_fact(
+            spec.key_version, "KeyVersionInUse", f"{spec.ref} signs with {kms_key.algorithm}"
+        )
+        chain = await self._ca_chain(
+            spec, kms_key, signer, known, bootstrap, may_bootstrap=self.leads(issuer_id(body))
+        )
+        return IssuerMaterial(spec, signer, kms_key, chain, self._ssh_line(spec, kms_key))
+
+    async def _anchor_material(self, spec: IssuerSpec, anchor: rotation.Anchor) -> IssuerMaterial:
+        """The material of a key a rollover keeps signing with: its CA chain comes from the
+        status, since the spec (and a CA Secret) may already be about the next key."""
+        signer = self.signer(anchor.key_version)
+        kms_key = await signer.public_key()
+        chain = None
+        if spec.x509_enabled:
+            if not anchor.ca_bundle:
+                raise SpecError(
+                    Reason.CA_SECRET_INVALID,
+                    f"status.rotation holds no CA chain for {anchor.key_version}",
+                )
+            try:
+                chain = parse_ca_chain(anchor.ca_bundle.encode(), kms_key.public_key)
+            except ValueError as error:
+                raise SpecError(
+                    Reason.CA_SECRET_INVALID, f"CA chain of {anchor.key_version}: {error}"
+                ) from None
+        return IssuerMaterial(spec, signer, kms_key, chain, self._ssh_line(spec, kms_key))
+
+    @staticmethod
+    def _ssh_line(spec: IssuerSpec, kms_key: KmsPublicKey) -> str | None:
+        if not spec.ssh_enabled:
+            return None
+        try:
+            pki_ssh.check_ssh_ca_algorithm(kms_key.algorithm)
+        except ValueError as error:
+            raise SpecError(Reason.SSH_UNSUPPORTED_KEY, str(error)) from None
+        return pki_ssh.public_key_line(kms_key.public_key, f"signet-{spec.name}")
 
     async def _ca_chain(
         self,
         spec: IssuerSpec,
         kms_key: KmsPublicKey,
-        signer: CloudKmsSigner,
-        body: Obj,
-        previous: IssuerState | None,
+        signer: Signer,
+        known: list[bytes],
         bootstrap: list[str],
+        *,
+        may_bootstrap: bool = True,
     ) -> CaChain | None:
         """The issuer's CA chain; a self-signed bootstrap appends the audit id of its
         signature to ``bootstrap``."""
@@ -276,17 +479,16 @@ class IssuerController:
                 ) from None
         if spec.self_signed is None:
             return None
-        # The one in status, else one this process bootstrapped and could not publish yet:
-        # a failed status write must not cost a second bootstrap signature.
-        pem = (body.get("status") or {}).get("caCertificate")
-        remembered = previous.material if previous is not None else None
-        candidates = [pem.encode()] if isinstance(pem, str) else []
-        if remembered is not None and remembered.chain is not None:
-            candidates.append(remembered.chain.issuer.public_bytes(serialization.Encoding.PEM))
-        for candidate in candidates:
+        for candidate in known:
             existing = _usable_self_signed(candidate, kms_key, spec)
             if existing is not None:
                 return CaChain((existing,))
+        if not may_bootstrap:
+            raise SpecError(
+                Reason.ISSUER_NOT_READY,
+                f"{spec.ref}: waiting for the replica that owns this issuer to bootstrap its "
+                "CA into status.caCertificate (sharding)",
+            )
         self_signed = spec.self_signed
         subject = _ca_subject(self_signed.common_name, self_signed.organization)
         now = datetime.datetime.now(datetime.UTC)
@@ -318,48 +520,29 @@ class IssuerController:
         return CaChain((certificate,))
 
     async def _write_status(self, body: Obj, state: IssuerState) -> None:
-        now = datetime.datetime.now(datetime.UTC)
         current = body.get("status") or {}
-        previous = st.conditions_by_type(current).get("Ready")
-        generation = body["metadata"].get("generation")
-        desired: Obj = {
-            "conditions": [
-                st.condition(
-                    "Ready",
-                    "True" if state.ready else "False",
-                    state.reason,
-                    state.message,
-                    generation=generation,
-                    previous=previous,
-                    now=now,
-                )
-            ],
-            "observedGeneration": generation,
-        }
-        material = state.material
-        if material is not None:
-            desired["keyAlgorithm"] = material.kms_key.algorithm
-            if material.chain is not None:
-                pem = serialization.Encoding.PEM
-                ca = material.chain.issuer
-                desired["caCertificate"] = ca.public_bytes(pem).decode()
-                desired["caBundle"] = b"".join(
-                    c.public_bytes(pem) for c in material.chain.certificates
-                ).decode()
-                desired["caFingerprint"] = ca.fingerprint(hashes.SHA256()).hex()
-                desired["caNotAfter"] = timestamp_or_none(ca.not_valid_after_utc)
-            if material.ssh_ca_line is not None:
-                desired["sshCAPublicKey"] = material.ssh_ca_line
-                desired["sshCAFingerprint"] = keys.openssh_fingerprint(material.kms_key.public_key)
-        elif current.get("caCertificate"):
-            desired["caCertificate"] = current[
-                "caCertificate"
-            ]  # keep the bootstrap CA across outages
-        patch = st.status_patch(current, desired)
+        desired = issuerstatus.desired(
+            current,
+            state.material,
+            state.rollover,
+            ready=state.ready,
+            reason=state.reason,
+            message=state.message,
+            generation=body["metadata"].get("generation"),
+        )
+        patch = issuerstatus.patch(current, desired)
         if patch is None:
             return
         kind, namespace, name = issuer_id(body)
         await self._api.patch_status(kind, namespace or None, name, patch)
+
+
+def _next_look(state: IssuerState) -> float:
+    step = state.step
+    if step is None or step.next_look is None:
+        return RECHECK.total_seconds()
+    wait = (step.next_look - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return min(max(wait, 0.0), RECHECK.total_seconds())
 
 
 def _ca_serial(material: IssuerMaterial | None) -> str | None:

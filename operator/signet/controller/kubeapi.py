@@ -365,6 +365,23 @@ class KubeApi:
         path = _custom_path(CERTIFICATES_GROUP, "v1", "certificatesigningrequests", None, name)
         return await self.request("PUT", path + "/status", body)
 
+    # cert-manager CertificateRequests (Signet as an external issuer) -------------------
+    async def get_certificate_request(self, namespace: str, name: str) -> Obj | None:
+        return await self._get_or_none(
+            _custom_path("cert-manager.io", "v1", "certificaterequests", namespace, name)
+        )
+
+    async def update_certificate_request_status(self, namespace: str, name: str, body: Obj) -> Obj:
+        """PUT the whole request to /status, ``metadata.resourceVersion`` included: 409 if
+        it changed since, so an answer never overwrites an approver's Denied."""
+        path = _custom_path("cert-manager.io", "v1", "certificaterequests", namespace, name)
+        return await self.request("PUT", path + "/status", body)
+
+    async def serves(self, group_version: str, plural: str) -> bool:
+        """Whether the apiserver serves ``plural`` in ``group_version`` (discovery)."""
+        found = await self._get_or_none(f"/apis/{group_version}")
+        return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
+
     async def list_cluster_trust_bundles(self, label_selector: str) -> list[Obj]:
         """One listing: a cluster holds one signer-linked bundle per opted-in issuer."""
         collection = _custom_path(CERTIFICATES_GROUP, "v1", "clustertrustbundles", None)

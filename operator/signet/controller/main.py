@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -29,6 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--peering",
         metavar="NAME",
         help="kopf peering name: standbys wait while one acts (default: no peering)",
+    )
+    parser.add_argument(
+        "--shards",
+        choices=("off", "auto"),
+        default="off",
+        help="auto: replicas share the work, each acting on the objects it wins by rendezvous "
+        "hashing over the live members' Leases in the operator namespace (see README, "
+        "'Scaling out: sharding'); off: one replica acts (alone, or the active one of a peering)",
+    )
+    parser.add_argument(
+        "--shard-lease-seconds",
+        type=float,
+        default=15.0,
+        help="a lost replica's share is taken over within this; it stops acting after 2/3 of it "
+        "without a renewal",
     )
     parser.add_argument(
         "--operator-namespace",
@@ -78,6 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-concurrent-issuances", type=int, default=32, help="reconcile workers"
     )
+    # Tests only: rotate keys without the trust overlap, to show the handshakes it saves.
+    parser.add_argument(
+        "--unsafe-rotation-without-overlap", action="store_true", help=argparse.SUPPRESS
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
     from signet.controller.pacing import ListPacer
     from signet.controller.runtime import Config
 
+    if args.shards == "auto" and args.peering:
+        print("signet run: --shards auto and --peering exclude each other", file=sys.stderr)
+        return 2
+    if args.shard_lease_seconds < 3:
+        print("signet run: --shard-lease-seconds must be at least 3", file=sys.stderr)
+        return 2
     config = Config(
         namespaces=list(args.namespace),
         kms_emulator=args.kms_emulator,
@@ -98,8 +124,12 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_signs=args.max_concurrent_signs,
         workers=args.max_concurrent_issuances,
         kms_deadline=args.kms_deadline,
+        rotation_overlap=not args.unsafe_rotation_without_overlap,
         peering=args.peering,
         operator_namespace=args.operator_namespace,
+        shards=args.shards == "auto",
+        shard_lease_seconds=args.shard_lease_seconds,
+        replica_id=replica_id(),
         # kopf pauses every replica on a priority tie; a random one makes exactly one active.
         peering_priority=secrets.randbelow(2**31) + 1 if args.peering else 0,
     )
@@ -128,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
         **kopf_adapter.run_options(),
     )
     return 0
+
+
+def replica_id() -> str:
+    """The pod's name (the chart sets $POD_NAME from the downward API); else host and pid,
+    unique for processes sharing a host."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def keep_kubernetes_client_out() -> None:

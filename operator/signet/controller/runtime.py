@@ -16,15 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from signet.api.issuer import IssuerSpec
+from signet.controller.certificaterequests import CertificateRequestController
 from signet.controller.certificates import CertificateController
 from signet.controller.csrs import CsrController
 from signet.controller.issuers import IssuerController, IssuerId
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.controller.leadership import LeaderGate
 from signet.controller.podcertificates import PodCertificateController
+from signet.controller.shards import Shards, group_of
 from signet.controller.trust import TrustPublisher
 from signet.controller.trustbundles import ClusterTrustBundlePublisher, published_issuers
 from signet.controller.watchcache import cert_id
+from signet.decisions.shards import Timing, shard_key
+from signet.issuance import TrustSet
 from signet.kms.cloudkms import RetryPolicy, SignObservation, close_client, create_client
 from signet.kms.limiter import SignLimiter
 from signet.observe.audit import AuditLog
@@ -42,6 +47,8 @@ EVENTS_DRAIN_SECONDS = 5.0
 TRUST = "TrustBundle"
 POD_CERTIFICATE = "PodCertificateRequest"
 CERTIFICATE_SIGNING_REQUEST = "CertificateSigningRequest"
+CERTIFICATE_REQUEST = "CertificateRequest"
+"""cert-manager's, of Signet's issuers."""
 CLUSTER_TRUST_BUNDLE = "ClusterTrustBundle"
 Key = tuple[str, str, str]
 """(kind, namespace or "", name): Certificates, Issuers and ClusterIssuers share one queue."""
@@ -58,11 +65,16 @@ class Config:
     sign_qps: float | None = None
     max_concurrent_signs: int = 32
     kms_deadline: float = 10.0
+    rotation_overlap: bool = True
     peering: str | None = None
     peering_priority: int = 0
     workers: int = 32
     api_connections: int = 16
     operator_namespace: str = "signet-system"
+    shards: bool = False
+    """Share the work among replicas by Leases (`signet.controller.shards`)."""
+    shard_lease_seconds: float = 15.0
+    replica_id: str = ""
 
 
 class Runtime:
@@ -77,6 +89,9 @@ class Runtime:
         self.ready = asyncio.Event()
         self._held: set[Key] = set()
         """Keys a standby put back; due at once when it takes over."""
+        self.shards: Shards | None = None
+        self._foreign: set[Key] = set()
+        """Keys another shard member owned at their last pass; due here if they move here."""
 
     async def start(self) -> None:
         config = self.config
@@ -112,6 +127,8 @@ class Runtime:
             retry=RetryPolicy(
                 deadline=config.kms_deadline, attempt_timeout=min(10.0, config.kms_deadline)
             ),
+            metrics=self.metrics,
+            rotation_overlap=config.rotation_overlap,
         )
         self.certificates = CertificateController(
             self.api,
@@ -145,7 +162,18 @@ class Runtime:
             serves=self._serves,
             metrics=self.metrics,
         )
+        self.certificate_requests = CertificateRequestController(
+            self.api,
+            self.events,
+            self.audit,
+            self.issuers,
+            schedule=lambda ident, delay: self.queue.add((CERTIFICATE_REQUEST, *ident), delay),
+            namespace_labels=self._labels_of,
+            metrics=self.metrics,
+        )
         self.trust_bundles = ClusterTrustBundlePublisher(self.api)
+        self.issuers.trust_published = self._trust_published
+        self.issuers.old_leaves = self.certificates.leaves_on
         # Fill the Secret summaries before any Certificate is looked at, so a restart does
         # not mistake "not seen yet" for "missing" and re-issue.
         scopes: list[str | None] = list(config.namespaces) or [None]
@@ -164,6 +192,20 @@ class Runtime:
         leadership = self.leadership
         self.metrics.leader.set_function(lambda: 1.0 if leadership.leader else 0.0)
         await self.leadership.start()
+        if config.shards:
+            self.shards = Shards(
+                config.replica_id,
+                config.operator_namespace,
+                group_of(config.namespaces),
+                Timing(config.shard_lease_seconds),
+                on_change=self._shards_changed,
+            )
+            shards = self.shards
+            self.metrics.track_shards(
+                lambda: float(len(shards.members)), lambda: float(self._owned_certificates())
+            )
+            self.issuers.leads = lambda ident: shards.owns(shard_key(*ident))
+            await self.shards.start()
         self.queue.start()
         # Bundles of issuers deleted while no operator ran are withdrawn now; the others
         # are left as they are (publishing checks the issuer first).
@@ -172,6 +214,7 @@ class Runtime:
                 self.queue.add((CLUSTER_TRUST_BUNDLE, "", "/".join(issuer)))
         except ApiError as error:  # not worth failing the start for
             logger.warning("ClusterTrustBundles not listed: %s; none withdrawn", error)
+        await _say_whether_cert_manager_is_installed(self.api)
         self._trimmer = asyncio.create_task(
             _trim_heap_when_quiet(
                 lambda: self.activity, before=self.certificates.forget_parsed_specs
@@ -198,24 +241,60 @@ class Runtime:
         answers it, and requests of no namespace are left to a cluster-wide one."""
         return not self.config.namespaces or namespace in self.config.namespaces
 
+    def _trust_published(self, issuer: IssuerId, trust: TrustSet, spec: IssuerSpec) -> bool:
+        """Whether every bundle of the issuer holds ``trust``: a rotation lets the new key
+        sign only after this, so no peer meets a leaf it has no anchor for."""
+        publisher = self.certificates.trust
+        if not all(
+            publisher.published(issuer, trust, namespace)
+            for namespace in self.certificates.namespaces_of(issuer)
+        ):
+            return False
+        return not spec.pod_certificates.enabled or self.trust_bundles.holds(issuer, trust)
+
     def _observe_sign(self, observation: SignObservation) -> None:
         if observation.method == "AsymmetricSign":
-            self.metrics.kms_sign_seconds.labels(observation.outcome).observe(observation.seconds)
+            self.metrics.kms_sign_seconds.labels(observation.outcome, observation.backend).observe(
+                observation.seconds
+            )
         for code in observation.attempt_codes:
             if code != "OK":
-                self.metrics.kms_errors.labels(code).inc()
+                self.metrics.kms_errors.labels(code, observation.backend).inc()
 
     def _resume_held(self) -> None:
         """This replica just took over: the keys it held back as a standby are due now,
         not at their next standby re-check (kopf re-lists only once when it resumes)."""
+        self.issuers.forget_written()
         held, self._held = self._held, set()
         for key in held:
             self.queue.add(key, 0)
+
+    def _shards_changed(self) -> None:
+        """Members came or went (or this replica's lease lapsed or came back): the keys
+        that are ours now are due at once; those no longer ours are dropped at their pass."""
+        shards = self.shards
+        assert shards is not None
+        moved = [key for key in self._foreign if shards.owns(_shard_key(key))]
+        for key in moved:
+            self._foreign.discard(key)
+            self.queue.add(key, 0)
+        for issuer, state in self.issuers.states.items():
+            if not state.ready:  # perhaps waiting for a bootstrap this replica now owns
+                self.queue.add(issuer, 0)
+
+    def _owned_certificates(self) -> int:
+        shards = self.shards
+        if shards is None or not shards.acting():
+            return 0
+        certs = list(self.certificates.cache.issuer_links.targets)
+        return sum(1 for ns, name in certs if shards.owns(shard_key("Certificate", ns, name)))
 
     async def stop(self) -> None:
         self._trimmer.cancel()
         await self.leadership.stop()
         await self.queue.stop()
+        if self.shards is not None:
+            await self.shards.stop()
         await self.events.close(within=EVENTS_DRAIN_SECONDS)
         await close_client(self.kms)
         await self.api.close()
@@ -227,12 +306,21 @@ class Runtime:
             self.queue.add(key, STANDBY_RECHECK)  # and at once when this replica takes over
             return
         kind, namespace, name = key
+        if (
+            self.shards is not None
+            and kind not in ("Issuer", "ClusterIssuer", TRUST)  # every replica needs those
+            and not self.shards.owns(_shard_key(key))
+        ):
+            self._foreign.add(key)
+            return
         if kind == "Certificate":
             await self.certificates.reconcile(cert_id(namespace, name))
         elif kind == POD_CERTIFICATE:
             await self.pod_certificates.reconcile((namespace, name))
         elif kind == CERTIFICATE_SIGNING_REQUEST:
             await self.csrs.reconcile(name)
+        elif kind == CERTIFICATE_REQUEST:
+            await self.certificate_requests.reconcile((namespace, name))
         elif kind == CLUSTER_TRUST_BUNDLE:
             issuer_kind, issuer_namespace, issuer_name = name.split("/")
             issuer = (issuer_kind, issuer_namespace, issuer_name)
@@ -255,12 +343,14 @@ class Runtime:
         needs_pass = self.certificates.observe_certificate(body, deleted, busy=self.queue.busy(key))
         if deleted:
             self.queue.forget(key)
+            self._foreign.discard(key)
         elif needs_pass:
             self.queue.add(key)
 
     def _issuer_changed(self, issuer: IssuerId) -> None:
         self.pod_certificates.on_issuer_change(issuer)
         self.csrs.on_issuer_change(issuer)
+        self.certificate_requests.on_issuer_change(issuer)
         self.queue.add((CLUSTER_TRUST_BUNDLE, "", "/".join(issuer)))
         for namespace in self.certificates.on_issuer_change(issuer):
             self.queue.add((TRUST, namespace, "/".join(issuer)))
@@ -279,6 +369,9 @@ class Runtime:
     def pod_certificate_request_event(self, event_type: str | None, body: Obj) -> None:
         self.activity += 1
         ident = self.pod_certificates.observe(body, event_type == "DELETED")
+        if event_type == "DELETED":
+            metadata = body["metadata"]
+            self._foreign.discard((POD_CERTIFICATE, metadata["namespace"], metadata["name"]))
         if ident is not None:
             self.queue.add((POD_CERTIFICATE, *ident))
 
@@ -287,6 +380,12 @@ class Runtime:
         name = self.csrs.observe(body, event_type == "DELETED")
         if name is not None:
             self.queue.add((CERTIFICATE_SIGNING_REQUEST, "", name))
+
+    def certificate_request_event(self, event_type: str | None, body: Obj) -> None:
+        self.activity += 1
+        ident = self.certificate_requests.observe(body, event_type == "DELETED")
+        if ident is not None:
+            self.queue.add((CERTIFICATE_REQUEST, *ident))
 
     def secret_event(self, event_type: str | None, body: Obj) -> None:
         self.activity += 1
@@ -305,6 +404,33 @@ class Runtime:
         if self.namespace_labels.get(name) != labels:
             self.namespace_labels[name] = labels
             self.certificates.on_namespace_change(name)
+
+
+def _shard_key(key: Key) -> str:
+    """A ClusterTrustBundle goes with its issuer: one replica both resolves and publishes."""
+    kind, namespace, name = key
+    if kind == CLUSTER_TRUST_BUNDLE:
+        issuer_kind, issuer_namespace, issuer_name = name.split("/")
+        return shard_key(issuer_kind, issuer_namespace, issuer_name)
+    return shard_key(kind, namespace, name)
+
+
+async def _say_whether_cert_manager_is_installed(api: KubeApi) -> None:
+    """cert-manager is often installed after Signet: without its CRDs there is nothing to
+    watch, which is no error. kopf starts the watch when they appear (it watches CRDs), so
+    a later install needs no restart; this line says which case a start is in."""
+    try:
+        installed = await api.serves("cert-manager.io/v1", "certificaterequests")
+    except ApiError as error:
+        logger.warning("cert-manager CRDs not looked up: %s", error)
+        return
+    if installed:
+        logger.info("cert-manager CRDs installed: answering CertificateRequests for Signet issuers")
+    else:
+        logger.info(
+            "cert-manager CRDs not installed: no CertificateRequests to answer; they are "
+            "watched from the moment the CRDs appear"
+        )
 
 
 async def _trim_heap_when_quiet(

@@ -12,11 +12,9 @@ import asyncio
 import hashlib
 import logging
 
-from cryptography.hazmat.primitives import serialization
-
 from signet.controller.issuers import IssuerId
 from signet.controller.kubeapi import ApiError, KubeApi
-from signet.issuance import IssuerMaterial
+from signet.issuance import TrustSet
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +30,18 @@ def configmap_name(issuer: IssuerId) -> str:
     return f"signet-{kind.lower()}-{name[:200]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}-ca"
 
 
-def bundle(material: IssuerMaterial) -> dict[str, str]:
-    """ca.crt (the trust anchor, as cert-manager's trust bundles do), the SSH user CA key
-    for TrustedUserCAKeys and an @cert-authority line for ssh_known_hosts."""
+def bundle(trust: TrustSet) -> dict[str, str]:
+    """ca.crt (the trust anchors, as cert-manager's trust bundles hold them), the SSH user CA
+    keys for TrustedUserCAKeys and @cert-authority lines for ssh_known_hosts. Two of each
+    during a CA rotation, so peers accept leaves of either key."""
     data: dict[str, str] = {}
-    if material.chain is not None:
-        data["ca.crt"] = material.chain.trust_anchor.public_bytes(
-            serialization.Encoding.PEM
-        ).decode()
-    if material.ssh_ca_line is not None:
-        data["ssh-ca.pub"] = material.ssh_ca_line + "\n"
-        data["ssh_known_hosts"] = f"@cert-authority * {material.ssh_ca_line}\n"
+    if trust.ca_certificates:
+        data["ca.crt"] = "".join(trust.ca_certificates)
+    if trust.ssh_ca_lines:
+        data["ssh-ca.pub"] = "".join(f"{line}\n" for line in trust.ssh_ca_lines)
+        data["ssh_known_hosts"] = "".join(
+            f"@cert-authority * {line}\n" for line in trust.ssh_ca_lines
+        )
     return data
 
 
@@ -57,26 +56,26 @@ class TrustPublisher:
     def __init__(self, api: KubeApi) -> None:
         self._api = api
         self._published: dict[tuple[IssuerId, str], str] = {}
-        self._digests: dict[IssuerId, tuple[IssuerMaterial, str]] = {}
+        self._digests: dict[IssuerId, tuple[TrustSet, str]] = {}
         self._locks: dict[tuple[IssuerId, str], asyncio.Lock] = {}
 
-    def _digest_of(self, issuer: IssuerId, material: IssuerMaterial) -> str:
-        """The bundle's digest, worked out once per issuer material: ``published`` is asked
-        on every reconcile, and a PEM encoding and a hash each time were 1% of issuing."""
+    def _digest_of(self, issuer: IssuerId, trust: TrustSet) -> str:
+        """The bundle's digest, worked out once per trust set: ``published`` is asked on
+        every reconcile, and a PEM encoding and a hash each time were 1% of issuing."""
         known = self._digests.get(issuer)
-        if known is None or known[0] is not material:
-            known = (material, _digest(bundle(material)))
+        if known is None or known[0] is not trust:
+            known = (trust, _digest(bundle(trust)))
             self._digests[issuer] = known
         return known[1]
 
-    def published(self, issuer: IssuerId, material: IssuerMaterial, namespace: str) -> bool:
-        return self._published.get((issuer, namespace)) == self._digest_of(issuer, material)
+    def published(self, issuer: IssuerId, trust: TrustSet, namespace: str) -> bool:
+        return self._published.get((issuer, namespace)) == self._digest_of(issuer, trust)
 
-    async def publish(self, issuer: IssuerId, material: IssuerMaterial, namespace: str) -> None:
+    async def publish(self, issuer: IssuerId, trust: TrustSet, namespace: str) -> None:
         """Publish unless already done. The first Certificates of a namespace arrive
         together; one of them publishes while the others wait for it, instead of each
         racing its own GET and create (500 at once made 24 GETs and 9 creates)."""
-        digest = self._digest_of(issuer, material)
+        digest = self._digest_of(issuer, trust)
         key = (issuer, namespace)
         if self._published.get(key) == digest:
             return
@@ -89,7 +88,7 @@ class TrustPublisher:
             }
             try:
                 await self._api.apply_configmap(
-                    namespace, configmap_name(issuer), labels, bundle(material)
+                    namespace, configmap_name(issuer), labels, bundle(trust)
                 )
             except ApiError as error:
                 logger.warning(

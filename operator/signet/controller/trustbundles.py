@@ -19,12 +19,11 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from cryptography.hazmat.primitives import serialization
-
 from signet.controller.issuers import IssuerId, IssuerState
 from signet.controller.kubeapi import ApiError, KubeApi
 from signet.decisions.podcertificate import signer_name
 from signet.decisions.signers import issuer_of
+from signet.issuance import TrustSet
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +76,12 @@ class ClusterTrustBundlePublisher:
         self._api = api
         self._published: dict[IssuerId, str] = {}
 
+    def holds(self, issuer: IssuerId, trust: TrustSet) -> bool:
+        """Whether the issuer's bundle was written with exactly ``trust``'s anchors."""
+        return not trust.ca_certificates or self._published.get(issuer) == "".join(
+            trust.ca_certificates
+        )
+
     async def publish(self, issuer: IssuerId, state: IssuerState | None) -> bool:
         """Bring the issuer's bundle up to date; False when the write failed (retry)."""
         if state is None:
@@ -84,9 +89,9 @@ class ClusterTrustBundlePublisher:
         if not state.ready or state.material is None:
             return True  # left as it is: an outage must not withdraw trust
         material = state.material
-        if not material.spec.pod_certificates.enabled or material.chain is None:
+        if not material.spec.pod_certificates.enabled or not state.trust.ca_certificates:
             return True
-        pem = material.chain.trust_anchor.public_bytes(serialization.Encoding.PEM).decode()
+        pem = "".join(state.trust.ca_certificates)
         if self._published.get(issuer) == pem:
             return True
         kind, namespace, name = issuer

@@ -124,6 +124,11 @@ class WatchCache:
         if issuer is not None:
             self.issuer_links.link(cert, issuer)
 
+    def summary_of(self, cert: CertId) -> SecretSummary | None:
+        """The summary of the Secret a Certificate names, if that Secret was seen."""
+        secret = self.secret_links.targets.get(cert)
+        return self.secrets.get(secret) if secret is not None else None
+
     def forget(self, cert: CertId) -> None:
         self.pending.pop(cert, None)
         self.secret_links.unlink(cert)

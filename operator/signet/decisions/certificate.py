@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from signet.api.certificate import CertificateSpec
 from signet.reasons import Reason
 from signet.secretformat import layout
+from signet.secretformat.outputs import expected_keys
 from signet.secretformat.summary import SecretSummary
 
 JITTER_FRACTION = 0.05
@@ -32,6 +33,8 @@ class Action(enum.Enum):
     NOTHING = "nothing"
     ISSUE = "issue"
     REPAIR_METADATA = "repair-metadata"
+    REWRITE_OUTPUTS = "rewrite-outputs"
+    """Rewrite the Secret's data from the key and chain it holds: no signature."""
     REFUSE = "refuse"
 
 
@@ -97,6 +100,26 @@ def _template_drift(spec: CertificateSpec, secret: SecretSummary) -> str | None:
     for key, value in spec.secret_annotations.items():
         if secret.annotations.get(key) != value:
             return f"annotation {key!r}"
+    return None
+
+
+def _outputs_mismatch(spec: CertificateSpec, secret: SecretSummary) -> str | None:
+    """cert-manager rewrites keystores and additional output formats without re-issuing
+    when they change; so does Signet, and with them an explicit privateKey.encoding."""
+    if spec.x509 is None:
+        return None
+    if secret.annotations.get(layout.OUTPUTS) != spec.outputs.fingerprint():
+        return (
+            "Secret data was written for other keystores, additionalOutputFormats or "
+            "privateKey.encoding"
+        )
+    expected = expected_keys(spec.outputs)
+    if secret.output_keys != expected:
+        missing = [key for key in expected if key not in secret.output_keys]
+        if missing:
+            return f"Secret data lacks {', '.join(missing)}"
+        extra = [key for key in secret.output_keys if key not in expected]
+        return f"Secret data holds {', '.join(extra)}, which the spec does not ask for"
     return None
 
 
@@ -198,6 +221,9 @@ def decide(
         return Decision(
             Action.ISSUE, Reason.RENEWING, f"renewal time {due:%Y-%m-%dT%H:%M:%SZ} reached"
         )
+    outputs = _outputs_mismatch(spec, secret)
+    if outputs:
+        return Decision(Action.REWRITE_OUTPUTS, Reason.SECRET_OUTPUTS_MISMATCH, outputs, due)
     drift = _template_drift(spec, secret)
     if drift:
         return Decision(

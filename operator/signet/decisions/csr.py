@@ -35,25 +35,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
-
 from signet import policy
 from signet.api.certificate import (
-    EXTENDED_USAGES,
-    SPIFFE_USAGES_RULE,
     CertificateSpec,
     IssuerRef,
-    PrivateKeySpec,
-    Subject,
-    X509Spec,
 )
 from signet.api.issuer import MIN_CSR_DURATION, IssuerSpec
-from signet.decisions import signers
+from signet.decisions import pkcs10, signers
 from signet.decisions.gates import IssuerFacts, Refusal
-from signet.decisions.leaf import leaf_request
 from signet.decisions.signers import Action, Decision, is_ours, issuer_of
 from signet.pki import keys
 from signet.pki.request import LeafRequest
@@ -76,26 +65,9 @@ __all__ = [
 ]
 
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
-SUBJECT_ATTRIBUTES = {
-    NameOID.COMMON_NAME: "CN",
-    NameOID.ORGANIZATION_NAME: "O",
-    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
-    NameOID.COUNTRY_NAME: "C",
-    NameOID.STATE_OR_PROVINCE_NAME: "ST",
-    NameOID.LOCALITY_NAME: "L",
-}
-"""The subject attributes a Certificate may carry; a request for any other is refused
-rather than silently dropped, so the certificate never says less than the requester
-believes without telling it."""
-
 _CERTIFICATE_FIELDS = (
     ("spec.x509.spiffe.serviceAccount", "the requester's SPIFFE ID, ServiceAccount"),
-    ("spec.x509.dnsNames", "spec.request dNSName"),
-    ("spec.x509.ipAddresses", "spec.request iPAddress"),
-    ("spec.x509.uris", "spec.request URI"),
-    ("spec.x509.emailAddresses", "spec.request rfc822Name"),
-    ("spec.x509.commonName", "spec.request subject CN"),
-    ("spec.privateKey.algorithm", "spec.request public key algorithm"),
+    *pkcs10.CERTIFICATE_FIELDS,
 )
 """How the policy's messages (which speak of a Certificate's fields) name the same values
 in a CertificateSigningRequest."""
@@ -257,25 +229,10 @@ def decide(
             return refused
     if not spec.x509_enabled:
         return _fail(Reason.X509_NOT_ENABLED, f"{spec.ref} does not issue X.509 certificates")
-    try:
-        csr = x509.load_pem_x509_csr(request.pem)
-        signature_valid = csr.is_signature_valid
-    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        return _fail(
-            Reason.INVALID_REQUEST,
-            f"spec.request is not a readable PEM PKCS#10 request: {str(error)[:200]}",
-        )
-    if not signature_valid:
-        return _fail(
-            Reason.INVALID_REQUEST,
-            "spec.request: the PKCS#10 signature does not verify with the request's own "
-            "public key (the requester must prove it holds the private key)",
-        )
-    try:
-        public_key = keys.validate_public_key(csr.public_key())
-    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        return _fail(Reason.UNSUPPORTED_KEY_ALGORITHM, f"spec.request public key: {error}")
-    return _decide_names(request, spec, csr, public_key, account, namespace)
+    requested = pkcs10.read(request.pem)
+    if isinstance(requested, Refusal):
+        return _fail(requested.reason, requested.message)
+    return _decide_names(request, spec, requested, account, namespace)
 
 
 def _requester_refusal(request: CsrRequest, spec: IssuerSpec) -> CsrDecision | None:
@@ -298,17 +255,12 @@ def _requester_refusal(request: CsrRequest, spec: IssuerSpec) -> CsrDecision | N
 def _decide_names(
     request: CsrRequest,
     spec: IssuerSpec,
-    csr: x509.CertificateSigningRequest,
-    public_key: keys.LeafPublicKey,
+    requested: pkcs10.Requested,
     account: tuple[str, str] | None,
     namespace: str | None,
 ) -> CsrDecision:
     settings = spec.certificate_signing_requests
-    try:
-        subject = _subject(csr.subject)
-        dns, ips, uris, emails = _alt_names(csr)
-    except ValueError as error:
-        return _fail(Reason.INVALID_REQUEST, str(error))
+    uris = requested.uris
     own = policy.spiffe_id(spec.trust_domain, *account) if account else None
     svid = None
     for index, uri in enumerate(uris):
@@ -327,12 +279,9 @@ def _decide_names(
             f"spec.request URI[{index}] {uri[:256]!r} is not allowed: the only SPIFFE ID a "
             f"CertificateSigningRequest may get is {whose}",
         )
-    if svid is not None and len(uris) > 1:
-        return _fail(
-            Reason.INVALID_REQUEST,
-            f"spec.request asks for the SPIFFE ID {svid!r} and other URIs: an X509-SVID "
-            "carries exactly one URI SAN",
-        )
+    alone = pkcs10.svid_alone(svid, uris)
+    if alone is not None:
+        return _fail(alone.reason, alone.message)
     for index, usage in enumerate(request.usages):
         if usage not in settings.allowed_usages:
             return _fail(
@@ -341,11 +290,9 @@ def _decide_names(
                 f"spec.certificateSigningRequests.allowedUsages {list(settings.allowed_usages)} "
                 f"of {spec.ref}",
             )
-    ekus = [u for u in request.usages if u in EXTENDED_USAGES]
-    if svid is not None and ekus and not {"server auth", "client auth"} <= set(ekus):
-        return _fail(
-            Reason.INVALID_REQUEST, f"spec.usages {list(request.usages)}: {SPIFFE_USAGES_RULE}"
-        )
+    mtls = pkcs10.svid_usages(svid, request.usages)
+    if mtls is not None:
+        return _fail(mtls.reason, mtls.message)
     limits = [
         (
             settings.default_duration,
@@ -360,20 +307,9 @@ def _decide_names(
     )
     if isinstance(lifetime, Refusal):
         return _fail(lifetime.reason, lifetime.message)
-    common_name = subject.pop("CN", [None])[0]
-    x509_spec = X509Spec(
-        common_name=common_name,
-        subject=Subject(
-            organizations=tuple(subject.get("O", ())),
-            organizational_units=tuple(subject.get("OU", ())),
-            countries=tuple(subject.get("C", ())),
-            localities=tuple(subject.get("L", ())),
-            provinces=tuple(subject.get("ST", ())),
-        ),
-        dns_names=tuple(dns),
-        ip_addresses=tuple(ips),
-        uris=tuple(u for u in uris if u != svid),
-        email_addresses=tuple(emails),
+    public_key = requested.public_key
+    x509_spec = requested.x509_spec(
+        uris=(u for u in uris if u != svid),
         usages=request.usages,
         spiffe_service_account=account[1] if svid and account else None,
     )
@@ -382,19 +318,17 @@ def _decide_names(
         secret_name="",
         duration=lifetime,
         renew_before=None,
-        private_key=_key_spec(public_key),
+        private_key=pkcs10.key_spec(public_key),
         x509=x509_spec,
     )
     judged = spec if namespace is not None else _without_namespace_patterns(spec)
     denial = policy.check(certificate, judged, namespace or "")
     if denial is not None:
-        return _fail(denial.reason, _in_request_terms(denial.message))
-    try:
-        leaf = leaf_request(x509_spec, spiffe_id=svid, duration=lifetime)
-        leaf.key_usage(public_key)  # usages the key cannot serve are refused before KMS
-    except ValueError as error:
-        return _fail(Reason.INVALID_REQUEST, f"spec.request and spec.usages: {error}")
-    names = [*dns, *ips, *uris, *emails] or [f"CN={common_name}"]
+        return _fail(denial.reason, pkcs10.in_request_terms(denial.message, _CERTIFICATE_FIELDS))
+    leaf = pkcs10.leaf(x509_spec, public_key, spiffe_id=svid, duration=lifetime)
+    if isinstance(leaf, Refusal):
+        return _fail(leaf.reason, leaf.message)
+    names = requested.names()
     whom = f"ServiceAccount {account[0]}/{account[1]}" if account else repr(request.username)
     return CsrDecision(
         Action.SIGN,
@@ -402,63 +336,6 @@ def _decide_names(
         f"issuing {', '.join(names[:4])}{', ...' if len(names) > 4 else ''} for {whom}",
         CsrPlan(public_key, leaf, lifetime, account),
     )
-
-
-def _key_spec(public_key: keys.LeafPublicKey) -> PrivateKeySpec:
-    """The requester's key as the policy's allowedKeyAlgorithms names it."""
-    if isinstance(public_key, rsa.RSAPublicKey):
-        return PrivateKeySpec("RSA", public_key.key_size)
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        return PrivateKeySpec("ECDSA", public_key.key_size)
-    return PrivateKeySpec("Ed25519", None)
-
-
-def _subject(name: x509.Name) -> dict[str, list[str]]:
-    """The subject's attributes by short name; ValueError naming any other attribute."""
-    found: dict[str, list[str]] = {}
-    for attribute in name:
-        short = SUBJECT_ATTRIBUTES.get(attribute.oid)
-        if short is None or not isinstance(attribute.value, str):
-            label = attribute.rfc4514_string().partition("=")[0]
-            raise ValueError(
-                f"spec.request subject attribute {label} is not supported: Signet issues "
-                f"only {', '.join(SUBJECT_ATTRIBUTES.values())}"
-            )
-        found.setdefault(short, []).append(attribute.value)
-    if len(found.get("CN", [])) > 1:
-        raise ValueError("spec.request subject has more than one CN; a certificate has one")
-    return found
-
-
-def _alt_names(
-    csr: x509.CertificateSigningRequest,
-) -> tuple[list[str], list[str], list[str], list[str]]:
-    """DNS names, IP addresses, URIs and email addresses asked for, in request order."""
-    try:
-        extension = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return [], [], [], []
-    except ValueError as error:
-        raise ValueError(f"spec.request has unreadable extensions: {error}") from None
-    dns: list[str] = []
-    ips: list[str] = []
-    uris: list[str] = []
-    emails: list[str] = []
-    for general_name in extension.value:
-        if isinstance(general_name, x509.DNSName):
-            dns.append(general_name.value)
-        elif isinstance(general_name, x509.IPAddress):
-            ips.append(str(general_name.value))
-        elif isinstance(general_name, x509.UniformResourceIdentifier):
-            uris.append(general_name.value)
-        elif isinstance(general_name, x509.RFC822Name):
-            emails.append(general_name.value)
-        else:
-            raise ValueError(
-                f"spec.request subjectAltName of type {type(general_name).__name__} is not "
-                "supported: Signet issues DNS names, IP addresses, URIs and email addresses"
-            )
-    return dns, ips, uris, emails
 
 
 def _without_namespace_patterns(spec: IssuerSpec) -> IssuerSpec:
@@ -480,12 +357,6 @@ def _without_namespace_patterns(spec: IssuerSpec) -> IssuerSpec:
             allowed_common_names=None if common_names is None else free(common_names),
         ),
     )
-
-
-def _in_request_terms(message: str) -> str:
-    for certificate_field, request_field in _CERTIFICATE_FIELDS:
-        message = message.replace(certificate_field, request_field)
-    return message
 
 
 def _fail(reason: Reason, message: str) -> CsrDecision:

@@ -144,6 +144,8 @@ class SignObservation:
     seconds: float
     attempt_codes: tuple[str, ...] = field(default=())
     """Per RPC attempt: a gRPC code name, or ``INTEGRITY`` for a rejected response."""
+    backend: str = "cloudkms"
+    """Which signer made it (``cloudkms``, ``pkcs11``): the metrics' ``backend`` label."""
 
     @property
     def attempts(self) -> int:

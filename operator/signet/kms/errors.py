@@ -79,6 +79,24 @@ class KmsWrongAlgorithm(KmsError):
     reason = Reason.KMS_WRONG_ALGORITHM
 
 
+class KmsTokenNotFound(KmsKeyNotFound):
+    """PKCS#11: no token (or more than one) matches the URI's token attributes."""
+
+    reason = Reason.HSM_TOKEN_NOT_FOUND
+
+
+class KmsLoginFailed(KmsPermissionDenied):
+    """PKCS#11: the token refused the PIN (incorrect, locked, expired)."""
+
+    reason = Reason.HSM_LOGIN_FAILED
+
+
+class KmsPinNotFound(KmsError):
+    """PKCS#11: the PIN's Secret (or key in it) or file cannot be read."""
+
+    reason = Reason.HSM_PIN_NOT_FOUND
+
+
 _ERRORS_BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
     grpc.StatusCode.PERMISSION_DENIED: KmsPermissionDenied,
     grpc.StatusCode.UNAUTHENTICATED: KmsPermissionDenied,

@@ -7,6 +7,7 @@ library: dashboards get the same series, the operator keeps a fraction of the me
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -76,6 +77,10 @@ class _CertificateCollector(Collector):
         yield from (expiration, not_before, renewal, ready)
 
 
+ROTATION_PHASES = ("Stable", "Propagating", "Reissuing", "Retiring")
+"""The phases of `signet.decisions.rotation.Phase` (observe sits below decisions)."""
+
+
 class Metrics:
     """All of Signet's metrics in one registry (one per operator instance)."""
 
@@ -94,15 +99,17 @@ class Metrics:
         )
         self.kms_sign_seconds = Histogram(
             "signet_kms_sign_duration_seconds",
-            "Wall time of KMS AsymmetricSign calls including retries, by outcome.",
-            ["outcome"],
+            "Wall time of KMS AsymmetricSign calls including retries, by outcome and backend "
+            "(cloudkms, pkcs11).",
+            ["outcome", "backend"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
         self.kms_errors = Counter(
             "signet_kms_errors",
-            "KMS RPC attempts that failed, by gRPC status code.",
-            ["code"],
+            "KMS attempts that failed, by code (a gRPC status, or a PKCS#11 error class) and "
+            "backend.",
+            ["code", "backend"],
             registry=self.registry,
         )
         self.secret_writes = Counter(
@@ -162,6 +169,13 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth.set_function(queue_depth)
+        self.rotation_phase = Gauge(
+            "signet_issuer_rotation_phase",
+            "1 for the key-rotation phase each issuer is in (Stable, Propagating, Reissuing, "
+            "Retiring), 0 for the others.",
+            ["kind", "namespace", "name", "phase"],
+            registry=self.registry,
+        )
 
     def observe_certificate(
         self,
@@ -187,8 +201,30 @@ class Metrics:
         """Count a ledger's waiting certificates in ``signet_signatures_undelivered``."""
         self._ledgers.append(size)
 
+    def track_shards(self, members: Callable[[], float], owned: Callable[[], float]) -> None:
+        """Only with ``--shards``: without sharding there are no members to count."""
+        Gauge(
+            "signet_shard_members",
+            "Live shard members (replicas holding an unexpired Lease), this one included.",
+            registry=self.registry,
+        ).set_function(members)
+        Gauge(
+            "signet_shard_owned",
+            "Certificates this replica owns (0 while it is joining or its lease lapsed).",
+            registry=self.registry,
+        ).set_function(owned)
+
     def forget_certificate(self, key: CertKey) -> None:
         self.certificates.pop(key, None)
+
+    def observe_rotation(self, issuer: tuple[str, str, str], phase: str) -> None:
+        for each in ROTATION_PHASES:
+            self.rotation_phase.labels(*issuer, each).set(1.0 if each == phase else 0.0)
+
+    def forget_issuer(self, issuer: tuple[str, str, str]) -> None:
+        for each in ROTATION_PHASES:
+            with contextlib.suppress(KeyError):
+                self.rotation_phase.remove(*issuer, each)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a pod port
         start_http_server(port, addr=address, registry=self.registry)

@@ -80,6 +80,7 @@ def issuer_row(obj: Mapping[str, Any], with_namespace: bool) -> Row:
         ready.get("reason", ""),
         status.get("keyAlgorithm", ""),
         ((spec.get("kms") or {}).get("cloudKMS") or {}).get("keyVersion", ""),
+        (status.get("rotation") or {}).get("progress", "Stable"),
     )
     where = f"{namespace}/{meta['name']}" if namespace else meta["name"]
     return Row(
@@ -231,7 +232,16 @@ def status(cluster: Cluster, namespace: str | None) -> tuple[str, bool]:
         out.append(f"No Certificates in {scope}.")
     out.append("")
     if issuers:
-        header = ("NAMESPACE", "KIND", "ISSUER", "READY", "REASON", "ALGORITHM", "KEY VERSION")
+        header = (
+            "NAMESPACE",
+            "KIND",
+            "ISSUER",
+            "READY",
+            "REASON",
+            "ALGORITHM",
+            "KEY VERSION",
+            "ROTATION",
+        )
         out.append(table(header, [r.cells for r in issuers]))
     else:
         out.append("No Issuers or ClusterIssuers.")

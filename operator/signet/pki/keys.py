@@ -110,18 +110,22 @@ def validate_public_key(public_key: PublicKeyTypes) -> LeafPublicKey:
     )
 
 
-def load_private_key(data: bytes) -> LeafPrivateKey:
+def load_private_key(data: bytes, *, own: bool = False) -> LeafPrivateKey:
     """Load an unencrypted PEM (PKCS#8, PKCS#1, SEC1) or OpenSSH private key.
 
-    The parser's own error text is not passed on: for some malformed inputs it can quote
-    parts of the input, which here is secret.
+    ``own``: a key Signet has just made or already checked in this pass; RSA's consistency
+    check, which costs far more than the rest of writing a Secret, is skipped for it, never
+    for a key read from outside. The parser's own error text is not passed on:
+    for some malformed inputs it can quote parts of the input, which here is secret.
     """
     key: PrivateKeyTypes
     try:
         if data.lstrip().startswith(b"-----BEGIN " + _OPENSSH_KEY_LABEL):
             key = serialization.load_ssh_private_key(data, password=None)
         else:
-            key = serialization.load_pem_private_key(data, password=None)
+            key = serialization.load_pem_private_key(
+                data, password=None, unsafe_skip_rsa_key_validation=own
+            )
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ValueError("private key is not an unencrypted PEM or OpenSSH private key") from None
     validate_public_key(key.public_key())
@@ -129,11 +133,16 @@ def load_private_key(data: bytes) -> LeafPrivateKey:
     return key
 
 
-def private_key_to_pem(key: LeafPrivateKey) -> bytes:
-    """PKCS#8 PEM, unencrypted: what cert-manager writes to ``tls.key`` by default."""
+def private_key_to_pem(key: LeafPrivateKey, encoding: str = "PKCS8") -> bytes:
+    """Unencrypted PEM in cert-manager's ``privateKey.encoding``: ``PKCS8``, or ``PKCS1``
+    (its default), which is PKCS#1 for RSA and SEC1 for ECDSA. Ed25519 keys have only
+    PKCS#8, so they get it either way, as in cert-manager."""
+    traditional = encoding == "PKCS1" and not isinstance(key, ed25519.Ed25519PrivateKey)
     return key.private_bytes(
         serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
+        serialization.PrivateFormat.TraditionalOpenSSL
+        if traditional
+        else serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
@@ -52,6 +53,10 @@ _EXTENDED_USAGES = {
 }
 MAX_COMMON_NAME = 64  # ub-common-name, RFC 5280 appendix A
 _MAX_ATTRIBUTE = 128
+_MAX_POSTAL_CODE = 40  # ub-postal-code, X.520
+_MAX_SERIAL_NUMBER = 64  # ub-serial-number, RFC 5280 appendix A
+_PRINTABLE = re.compile(r"^[A-Za-z0-9 '()+,\-./:=?]+$")
+"""X.680 PrintableString: the only string type RFC 5280 allows a subject serialNumber."""
 
 
 def freeze_lists(request: object) -> None:
@@ -78,6 +83,9 @@ class LeafRequest:
     countries: tuple[str, ...] = ()
     provinces: tuple[str, ...] = ()
     localities: tuple[str, ...] = ()
+    street_addresses: tuple[str, ...] = ()
+    postal_codes: tuple[str, ...] = ()
+    serial_number: str | None = None
     dns_names: tuple[str, ...] = ()
     ip_addresses: tuple[str, ...] = ()
     uris: tuple[str, ...] = ()
@@ -100,9 +108,19 @@ class LeafRequest:
             ("organizational unit", self.organizational_units),
             ("province", self.provinces),
             ("locality", self.localities),
+            ("street address", self.street_addresses),
         ):
             for value in values:
                 check_attribute(label, value, _MAX_ATTRIBUTE)
+        for code in self.postal_codes:
+            check_attribute("postal code", code, _MAX_POSTAL_CODE)
+        if self.serial_number is not None:
+            check_attribute("subject serial number", self.serial_number, _MAX_SERIAL_NUMBER)
+            if not _PRINTABLE.match(self.serial_number):
+                raise ValueError(
+                    f"subject serial number {self.serial_number!r} must be a PrintableString "
+                    "(letters, digits, space and '()+,-./:=?)"
+                )
         for country in self.countries:
             if len(country) != 2 or not (country.isascii() and country.isalpha()):
                 raise ValueError(f"country {country!r} must be a two-letter ISO 3166 code")
@@ -155,18 +173,23 @@ class LeafRequest:
         )
 
     def subject(self) -> x509.Name:
-        """The subject DN in the conventional C, ST, L, O, OU, CN order (may be empty)."""
+        """The subject DN in the order cert-manager's certificates have (Go's pkix.Name):
+        C, ST, L, street, postalCode, O, OU, CN, serialNumber (may be empty)."""
         attrs: list[x509.NameAttribute[str]] = []
         for oid, values in (
             (NameOID.COUNTRY_NAME, self.countries),
             (NameOID.STATE_OR_PROVINCE_NAME, self.provinces),
             (NameOID.LOCALITY_NAME, self.localities),
+            (NameOID.STREET_ADDRESS, self.street_addresses),
+            (NameOID.POSTAL_CODE, self.postal_codes),
             (NameOID.ORGANIZATION_NAME, self.organizations),
             (NameOID.ORGANIZATIONAL_UNIT_NAME, self.organizational_units),
         ):
             attrs.extend(x509.NameAttribute(oid, v) for v in values)
         if self.common_name:
             attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, self.common_name))
+        if self.serial_number:
+            attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, self.serial_number))
         return x509.Name(attrs)
 
     def general_names(self) -> list[x509.GeneralName]:

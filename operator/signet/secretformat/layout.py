@@ -1,8 +1,9 @@
 """How an issued identity is laid out in a Secret.
 
 X.509 Secrets match cert-manager's ``kubernetes.io/tls`` layout exactly (``tls.crt`` leaf
-plus chain, ``tls.key`` PKCS#8, ``ca.crt`` root), so ingress controllers, service meshes
-and anything else that mounts cert-manager Secrets work unchanged. SSH Secrets use
+plus chain, ``tls.key`` in ``privateKey.encoding``, ``ca.crt`` root, and cert-manager's
+optional keystores and extra formats), so ingress controllers, service meshes and anything
+else that mounts cert-manager Secrets work unchanged. SSH Secrets use
 ``kubernetes.io/ssh-auth`` with ``ssh-privatekey`` plus the files sshd and ssh want beside it.
 
 Annotations name what was issued, like cert-manager's ``cert-manager.io/*`` ones, so tools
@@ -39,9 +40,16 @@ SSH_KEY_ID = PREFIX + "ssh-key-id"
 SPEC_HASH = PREFIX + "spec-hash"
 REVISION = PREFIX + "revision"
 ISSUED_AT = PREFIX + "issued-at"
+OUTPUTS = PREFIX + "outputs"
+"""A fingerprint of the spec's output formats (keystores, additionalOutputFormats, an explicit
+privateKey.encoding) the data was written for; absent means none were asked for."""
 
 TLS_TYPE = "kubernetes.io/tls"
 TLS_CERT, TLS_KEY, CA_CERT = "tls.crt", "tls.key", "ca.crt"
+KEYSTORE_P12, TRUSTSTORE_P12 = "keystore.p12", "truststore.p12"
+COMBINED_PEM, KEY_DER = "tls-combined.pem", "key.der"
+OUTPUT_KEYS = (KEYSTORE_P12, TRUSTSTORE_P12, COMBINED_PEM, KEY_DER)
+"""cert-manager's names for the optional X.509 outputs (keystores, additionalOutputFormats)."""
 SSH_TYPE = "kubernetes.io/ssh-auth"
 SSH_PRIVATE_KEY = "ssh-privatekey"
 SSH_PUBLIC_KEY = "ssh-publickey"

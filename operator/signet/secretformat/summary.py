@@ -52,6 +52,9 @@ class SecretSummary:
     ca_key_id: str | None = None
     """Identifies the key that signed the certificate: X.509 AKI (hex), or the SSH CA's
     ``SHA256:`` fingerprint; compared with the issuer's current key."""
+    output_keys: tuple[str, ...] = ()
+    """Which of the optional outputs (keystores, additionalOutputFormats) the data holds:
+    their names only, in `layout.OUTPUT_KEYS` order."""
 
     @property
     def managed(self) -> bool:
@@ -122,6 +125,10 @@ def summarize(secret: Mapping[str, Any], *, written_by_us: bool = False) -> Secr
         owner_uid=_controller_uid(metadata),
     )
     data = secret.get("data") or {}
+    if any(key in data for key in layout.OUTPUT_KEYS):
+        base = dataclasses.replace(
+            base, output_keys=tuple(key for key in layout.OUTPUT_KEYS if data.get(key))
+        )
     try:
         if base.secret_type == layout.SSH_TYPE:
             return _summarize_ssh(base, data, check_key=not written_by_us)
