@@ -38,6 +38,7 @@ ALERTS = {
     "SignetOperatorDown",
     "SignetNoActiveReplica",
     "SignetSignaturesUndelivered",
+    "SignetCARotationStalled",
 }
 # Metrics that come from Prometheus itself, not from Signet.
 NOT_SIGNETS = {"up"}
