@@ -29,7 +29,7 @@ from bench.kube import Kube
 from bench.podcerts import podcert_phase
 from bench.procs import ROOT, SOURCE, KmsEmulator, Operator, py_spy_binary
 from bench.rotation import rotation_phase
-from bench.sharding import sharding_phase
+from bench.sharding import sharding_phase, sharding_rows
 from bench.signers import softhsm_token
 from bench.windows import ROUNDS, Env, Sizes, kms_keys
 from signet_dev import LocalControlPlane, tools_bin
@@ -161,6 +161,7 @@ def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
         add("rotation", "apiserver requests/s, mean", api["mean_requests_per_s"], "", None)
     pcr_rows(figures, add, span)
     certmanager_rows(figures, add)
+    sharding_rows(figures, add)
     if h := figures.get("hsm_throughput"):
         add(
             "hsm",

@@ -83,7 +83,7 @@ Signet's issuers, and nothing else."""
 
 SHARDS = triples(["coordination.k8s.io"], ["leases"], ("list", "create", "patch", "delete"))
 """With sharding, in the release namespace only: each replica's own Lease (create, renew by
-merge patch, delete at shutdown) and the members' (listed by label)."""
+merge patch) and the members' (listed by label; deleted once abandoned for an hour)."""
 
 CLUSTER_PEERING = triples(["kopf.dev"], ["clusterkopfpeerings"], PEERING)
 NAMESPACED_PEERING = triples(["kopf.dev"], ["kopfpeerings"], PEERING)

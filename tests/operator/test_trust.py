@@ -10,7 +10,7 @@ import pytest
 
 from signet.controller.kubeapi import KubeApi, Obj, login_from_environment
 from signet.controller.trust import TrustPublisher, configmap_name
-from signet.issuance import IssuerMaterial
+from signet.issuance import TrustSet
 from tests.kube import Kube
 
 pytestmark = pytest.mark.cluster
@@ -34,8 +34,8 @@ def test_a_namespace_burst_publishes_its_bundle_once(
     kube: Kube, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
-    # Only the SSH CA line and the (absent) chain go into the bundle.
-    material = IssuerMaterial(None, None, None, None, SSH_CA)  # type: ignore[arg-type]
+    # Only the SSH CA line goes into the bundle (an SSH-only issuer).
+    material = TrustSet(ssh_ca_lines=(SSH_CA,))
     issuer = ("Issuer", namespace, "ca")
 
     async def burst() -> list[tuple[str, str]]:

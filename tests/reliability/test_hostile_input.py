@@ -312,7 +312,7 @@ CASES = [
     Case(
         "usage-cert-sign",
         x509(dnsNames=["web.{ns}.svc"], usages=["cert sign"]),
-        rejected="Unsupported value",
+        rejected="cert sign and crl sign are refused",
     ),
     # -- SSH ---------------------------------------------------------------------------------------
     Case("ssh-principal-comma", ssh(type="user", principals=["{ns}-a,root"]), rejected=PATTERN),

@@ -3,12 +3,20 @@ may act (join wait, fencing), on a fake monotonic clock."""
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 
 import pytest
 
 from signet.controller.shards import group_of, lease_name, lease_view
-from signet.decisions.shards import LeaseView, Membership, Timing, owner, shard_key
+from signet.decisions.shards import (
+    LeaseView,
+    Membership,
+    Timing,
+    abandoned,
+    owner,
+    shard_key,
+)
 
 KEYS = [shard_key("Certificate", f"ns{i % 7}", f"cert-{i}") for i in range(3000)]
 
@@ -99,8 +107,13 @@ def test_peers_alive_by_our_clock_whatever_their_renew_time_says() -> None:
     assert me.peers(64.9) == ["a"] and me.peers(65) == []
     me.observe([_lease("a", "2026")], now=64)  # renewed: alive for another lease
     assert me.peers(78) == ["a"]
-    me.observe([_lease("", "2026")], now=70)  # released (no holder): gone at once
-    assert me.peers(70) == []
+    me.observe([], now=70)  # deleted by someone: it may still act until its time is up
+    assert me.peers(78) == ["a"] and me.peers(79) == []
+    me.observe([_lease("a", "2027")], now=80)
+    me.observe([_lease("a", "2028", duration=1)], now=81)  # given up at shutdown
+    assert me.peers(81.5) == ["a"] and me.peers(82) == []
+    me.observe([_lease("", "2029")], now=83)  # no holder: no member
+    assert me.peers(83) == []
 
 
 def test_timing_rejects_a_lease_too_short_to_fence() -> None:
@@ -124,3 +137,12 @@ def test_lease_names_and_groups_are_valid_labels() -> None:
     )
     assert view == LeaseView("p", "t", 9.0)
     assert lease_view({}).holder == ""
+
+
+def test_only_a_lease_unrenewed_for_an_hour_is_litter() -> None:
+    now = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
+    assert abandoned("2026-12-01T10:59:59.000000Z", now)
+    assert not abandoned("2026-12-01T11:30:00.000000Z", now)
+    assert not abandoned("2026-12-01T13:00:00.000000Z", now)  # a clock ahead of ours
+    assert not abandoned("", now) and not abandoned("yesterday", now)
+    assert not abandoned("2026-12-01T10:00:00", now)  # no zone: not judged

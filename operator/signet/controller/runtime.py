@@ -369,23 +369,29 @@ class Runtime:
     def pod_certificate_request_event(self, event_type: str | None, body: Obj) -> None:
         self.activity += 1
         ident = self.pod_certificates.observe(body, event_type == "DELETED")
-        if event_type == "DELETED":
-            metadata = body["metadata"]
-            self._foreign.discard((POD_CERTIFICATE, metadata["namespace"], metadata["name"]))
+        self._gone(POD_CERTIFICATE, event_type, body)
         if ident is not None:
             self.queue.add((POD_CERTIFICATE, *ident))
 
     def certificate_signing_request_event(self, event_type: str | None, body: Obj) -> None:
         self.activity += 1
         name = self.csrs.observe(body, event_type == "DELETED")
+        self._gone(CERTIFICATE_SIGNING_REQUEST, event_type, body)
         if name is not None:
             self.queue.add((CERTIFICATE_SIGNING_REQUEST, "", name))
 
     def certificate_request_event(self, event_type: str | None, body: Obj) -> None:
         self.activity += 1
         ident = self.certificate_requests.observe(body, event_type == "DELETED")
+        self._gone(CERTIFICATE_REQUEST, event_type, body)
         if ident is not None:
             self.queue.add((CERTIFICATE_REQUEST, *ident))
+
+    def _gone(self, kind: str, event_type: str | None, body: Obj) -> None:
+        """A deleted request is no longer anyone's share to take over."""
+        if event_type == "DELETED" and self._foreign:
+            metadata = body["metadata"]
+            self._foreign.discard((kind, metadata.get("namespace") or "", metadata["name"]))
 
     def secret_event(self, event_type: str | None, body: Obj) -> None:
         self.activity += 1

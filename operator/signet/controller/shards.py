@@ -8,6 +8,9 @@ is taken over within the lease duration). What counts as alive, when this replic
 and who owns a key are decided in `signet.decisions.shards`, which also gives the argument
 why no two replicas sign for one object.
 
+Leases not renewed for an hour (replicas gone for good: a pod replaced, not restarted) are
+deleted by whichever member lists them first, on the condition that they did not change.
+
 Lease calls go through a client of their own with short timeouts: the shared one retries
 for up to half a minute, far past the renew deadline, and a renewal that comes back that
 late is worth nothing.
@@ -27,7 +30,7 @@ from typing import Any
 from urllib.parse import quote
 
 from signet.controller.kubeapi import MERGE_PATCH, ApiError, KubeApi, Obj
-from signet.decisions.shards import LeaseView, Membership, Timing, owner
+from signet.decisions.shards import LeaseView, Membership, Timing, abandoned, owner
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +114,22 @@ class Shards:
         self._task = asyncio.create_task(self._loop(), name="signet-shards")
 
     async def stop(self) -> None:
-        """Give the lease up, so that peers take over at once rather than after it runs out.
-        Called once nothing acts any more (the work queue is stopped first)."""
+        """Give the lease up (renew it for one second, as client-go's leader election
+        releases), so that peers take over at once rather than after it runs out. Called
+        once nothing acts any more (the work queue is stopped first)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        spec = {
+            "holderIdentity": self.replica,
+            "leaseDurationSeconds": 1,
+            "renewTime": _micro_time(datetime.datetime.now(datetime.UTC)),
+        }
         try:
-            await self._api.request("DELETE", self._path(self._name))
+            await self._api.request(
+                "PATCH", self._path(self._name), {"spec": spec}, content_type=MERGE_PATCH
+            )
         except ApiError as error:
             logger.warning("shard lease %s not released: %s", self._name, error)
         await self._api.close()
@@ -188,9 +199,29 @@ class Shards:
         except ApiError as error:
             logger.warning("shard members not listed: %s", error)
         else:
-            items = listing.get("items") or []
+            now = datetime.datetime.now(datetime.UTC)
+            items: list[Obj] = []
+            for item in listing.get("items") or []:
+                if abandoned(str((item.get("spec") or {}).get("renewTime") or ""), now):
+                    await self._delete_abandoned(item)
+                else:
+                    items.append(item)
             self.membership.observe((lease_view(item) for item in items), self._clock())
         self._look()
+
+    async def _delete_abandoned(self, item: Obj) -> None:
+        """Lease litter of replicas gone for good (pods replaced after a crash). Deleted on
+        the condition that nobody renewed it since it was listed."""
+        metadata = item["metadata"]
+        precondition = {"uid": metadata["uid"], "resourceVersion": metadata["resourceVersion"]}
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": precondition}
+        try:
+            await self._api.request("DELETE", self._path(metadata["name"]), body)
+        except ApiError as error:
+            if error.status not in (404, 409):
+                logger.warning("abandoned shard lease %s not deleted: %s", metadata["name"], error)
+        else:
+            logger.info("deleted abandoned shard lease %s", metadata["name"])
 
     def _look(self) -> None:
         """Refresh the members and tell the runtime when what this replica owns changed."""

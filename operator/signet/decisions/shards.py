@@ -37,9 +37,14 @@ reaches its signature within R - P of the moment its replica learned it should s
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+ABANDONED = datetime.timedelta(hours=1)
+"""A Lease not renewed for this long (by the writer's clock against ours: no skew is that
+large) belonged to a replica that is gone for good (a pod replaced, not restarted)."""
 
 
 def weight(member: str, key: str) -> int:
@@ -102,6 +107,20 @@ class LeaseView:
     duration: float
 
 
+def abandoned(
+    renew_time: str, now: datetime.datetime, after: datetime.timedelta = ABANDONED
+) -> bool:
+    """Whether a Lease's renewTime is so old that the Lease is only litter: deleted, and
+    not counted as alive even on first sight. An unreadable time is not judged."""
+    try:
+        renewed = datetime.datetime.fromisoformat(renew_time.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if renewed.tzinfo is None:
+        return False
+    return now - renewed > after
+
+
 @dataclass
 class _Seen:
     renew_time: str
@@ -140,9 +159,11 @@ class Membership:
 
     def observe(self, leases: Iterable[LeaseView], now: float) -> None:
         """Take a listing of the members' Leases. A renewTime that changed restarts that
-        peer's clock; a peer whose Lease disappeared or lost its holder is gone at once
-        (it released it)."""
-        seen: dict[str, _Seen] = {}
+        peer's clock, for the duration the Lease now gives (a replica shutting down gives
+        it up by renewing it for one second). A Lease that vanished from the listing keeps
+        its peer alive until its time runs out: whoever deleted it, the replica may still be
+        acting, and will only notice at its next renewal."""
+        seen = {h: s for h, s in self._peers.items() if now < s.at + s.duration}
         for lease in leases:
             if not lease.holder or lease.holder == self.me:
                 continue
