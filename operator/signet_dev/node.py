@@ -37,6 +37,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import time
@@ -91,10 +92,24 @@ def unavailable_reason() -> str | None:
     for tool in ("containerd", "runc", "ctr", "unshare", "mount", "umount"):
         if shutil.which(tool) is None:
             return f"{tool} is missing (apt-get install containerd runc)"
-    if _DEVICE_PLUGINS.joinpath("kubelet.sock").exists() and not node_lock_held():
+    if _kubelet_listening() and not node_lock_held():
         # Not one of ours (ours hold the lock, and start() queues behind them).
         return "another kubelet is running on this machine"
     return None
+
+
+def _kubelet_listening() -> bool:
+    """Whether a kubelet answers on its device-plugin socket. The socket file outlives a
+    kubelet that was killed, so only a live listener counts."""
+    path = _DEVICE_PLUGINS / "kubelet.sock"
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def node_lock_held() -> bool:
