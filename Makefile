@@ -59,7 +59,7 @@ demo: venv tools
 	$(BIN)/python -m signet_dev.demo $(if $(ONCE),--once,)
 
 bench: venv tools
-	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench $(if $(QUICK),--quick,) $(if $(SCALE),--scale,)
 
 ## Supply chain: the runtime dependencies are locked with hashes in $(LOCK) (what the
 ## Dockerfile installs with --require-hashes). The tools run from a throwaway virtualenv of

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench import noise
 from bench.kube import CertificateWatch, CertKey, Kube, Obj, certificate_body, create_certificates
-from bench.procs import GET_PUBLIC_KEY, SIGN, Operator, cpu_seconds, py_spy
+from bench.procs import GET_PUBLIC_KEY, SIGN, Operator, cpu_seconds, proc_memory, py_spy
 from bench.windows import (
     OPERATOR_IDLE_CPU,
     Env,
@@ -53,6 +53,9 @@ READY = "signet_certificate_ready_status"
 LATENCY_PAUSE_S = 0.3
 """Idle time between latency runs: the figure is for a quiet operator, and an issuance's
 Event and audit records trail its Ready status by a few milliseconds."""
+CERTIFICATE_GETS = "GET certificates"
+"""The operator's reads of single Certificates (`Kube.apiserver_requests` key); a pass
+reads its Certificate only when the watched body was not kept for it."""
 
 
 @contextmanager
@@ -158,6 +161,9 @@ def _throughput(
         "operator_windows_s": noise.spread(operator_s),
         "floor_windows_s": noise.spread(floor_s),
         "pair_ratios": noise.spread(pairs),
+        "certificate_gets_per_certificate": max(
+            w["certificate_gets_per_certificate"] for w in operator
+        ),
         "operator_windows": operator,
         "floor_windows": floor,
         "between_windows": "each window in a namespace of its own; its Certificates, Secrets "
@@ -185,6 +191,7 @@ def _operator_window(
     keys = [(namespace, cert) for cert in names]
     bodies = [certificate_body(namespace, cert) for cert in names]
     wait_quiet(env)
+    reads = env.kube.apiserver_requests().get(CERTIFICATE_GETS, 0.0)
     with (
         window(env, name, n / 150) as spent,
         py_spy(env.operator.pid, spy := env.spy(name)),
@@ -192,10 +199,12 @@ def _operator_window(
         t0 = time.perf_counter()
         create_s = env.kube.create_certificates_at_once(bodies)
         seconds = watch.wait_all(keys, timeout=120 + n * 0.5) - t0
+    reads = env.kube.apiserver_requests().get(CERTIFICATE_GETS, 0.0) - reads
     return {
         "name": name,
         "seconds": round(seconds, 3),
         "create_s": round(create_s, 2),
+        "certificate_gets_per_certificate": round(reads / n, 3),
         "window": spent,
         "profile": profile_summary(spy),
     }
@@ -424,6 +433,10 @@ def memory_phase(env: Env, sizes: Sizes, only: set[str]) -> dict[str, Any]:
     namespaces = _memory_namespaces(n)
     for namespace in namespaces:
         _setup_namespace(env, namespace, "memory")
+    env.operator.start_for(namespaces)
+    _wait_idle(env.operator, namespaces, 0, timeout=120)
+    empty = env.operator.memory()  # the same namespaces and Issuers, no Certificate yet
+    env.operator.stop()
     items = [(namespaces[i % len(namespaces)], f"mem-{i:05d}") for i in range(n)]
     create_s = env.kube.parallel(
         lambda item: env.kube.create_certificate(certificate_body(*item)), items
@@ -434,7 +447,7 @@ def memory_phase(env: Env, sizes: Sizes, only: set[str]) -> dict[str, Any]:
         spawned = env.operator.start_for(namespaces)
         with py_spy(env.operator.pid, spy := env.spy("cold-issuance")):
             issued_s = watch.wait_all(keys, timeout=180 + n * 0.25) - spawned
-    idle_s = _wait_idle(env.operator, namespaces, n, timeout=120)
+    idle_s = _wait_idle(env.operator, namespaces, n, timeout=max(120, n / 500))
     results["cold_issuance"] = {
         "certificates": n,
         "created_while_stopped_s": round(create_s, 1),
@@ -442,7 +455,11 @@ def memory_phase(env: Env, sizes: Sizes, only: set[str]) -> dict[str, Any]:
         "per_s": round(n / issued_s, 1),
         "profile": profile_summary(spy),
     }
-    memory: dict[str, Any] = {"certificates": n, "after_cold_issuance": env.operator.memory()}
+    memory: dict[str, Any] = {
+        "certificates": n,
+        "before_any": empty,
+        "after_cold_issuance": env.operator.memory(),
+    }
     memory["after_cold_issuance"]["idle_after_s"] = round(idle_s, 1)
     if "restart" in only:
         restarts = []
@@ -453,8 +470,16 @@ def memory_phase(env: Env, sizes: Sizes, only: set[str]) -> dict[str, Any]:
         rss = [r["memory"]["rss_mib"] for r in restarts]
         memory["after_restart_rss_mib"] = noise.spread(rss)
     memory["after_restart"] = env.operator.memory()
+    held = (
+        memory.get("after_restart_rss_mib", {}).get("median") or memory["after_restart"]["rss_mib"]
+    )
+    memory["kib_per_certificate"] = round((held - empty["rss_mib"]) * 1024 / n, 2)
+    memory["control_plane"] = {
+        name: proc_memory(pid)["rss_mib"] for name, pid in env.control_plane_pids.items()
+    }
     env.operator.dump_allocations()
-    memory["unrelated"] = _unrelated(env, sizes)
+    if sizes.unrelated:
+        memory["unrelated"] = _unrelated(env, sizes)
     results["memory"] = memory
     env.operator.stop()
     return results
@@ -505,7 +530,7 @@ def _restart(env: Env, namespaces: list[str], keys: list[CertKey], name: str) ->
         spawned = env.operator.start_for(namespaces)
         metrics_up_s = time.perf_counter() - spawned
         with py_spy(env.operator.pid, spy := env.spy(name)):
-            idle_s = _wait_idle(env.operator, namespaces, n, timeout=300, poll=0.5)
+            idle_s = _wait_idle(env.operator, namespaces, n, timeout=max(300, n / 200), poll=0.5)
     idle_total_s = time.perf_counter() - spawned
     time.sleep(3)  # anything still in flight lands in the comparisons below
     certs_after = env.kube.certificate_versions(namespaces)

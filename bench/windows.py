@@ -50,13 +50,15 @@ class Sizes:
     """Certificates per window of the side-by-side with cert-manager."""
     certmanager_large: int = 5_000
     """Certificates of its one large pair of windows (0: none)."""
+    crdcost: int = 500
+    """Certificate creates per window of the admission-cost figure (no controller)."""
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
         if quick:
             return cls(
                 100, 20, 1_000, 1_000, 100, 200, 50.0, 34, 200, 1_000, rotation=500,
-                certmanager=100, certmanager_large=1_000,
+                certmanager=100, certmanager_large=1_000, crdcost=200,
             )  # fmt: skip
         return cls(500, 50, 10_000, 10_000, 100, 2_000, 50.0, 100, 1_000, 10_000)
 

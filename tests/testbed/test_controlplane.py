@@ -98,6 +98,12 @@ def test_custom_object_round_trip_and_watch(crds: Kube, namespace: str) -> None:
     assert ("MODIFIED", "2") in seen
 
 
+def _as_ssh(certificate: dict[str, Any], **spec: Any) -> None:
+    """An SSH Certificate carrying X.509-only fields (one merged CEL rule refuses them)."""
+    certificate["spec"].pop("x509")
+    certificate["spec"].update(ssh={"type": "user", "principals": ["alice"]}, **spec)
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -110,6 +116,27 @@ def test_custom_object_round_trip_and_watch(crds: Kube, namespace: str) -> None:
             lambda c: c["spec"].update(privateKey={"algorithm": "RSA", "size": 1024}),
             "RSA keys must be 2048",
         ),
+        (
+            lambda c: c["spec"].update(privateKey={"algorithm": "ECDSA", "size": 2048}),
+            "ECDSA keys must be 256 (P-256), 384 (P-384) or 521 (P-521) bits",
+        ),
+        (
+            lambda c: c["spec"].update(privateKey={"algorithm": "Ed25519", "size": 256}),
+            "Ed25519 keys have no size",
+        ),
+        (
+            lambda c: _as_ssh(c, keystores={"pkcs12": {"create": False}}),
+            "keystores and additionalOutputFormats are for X.509 certificates only",
+        ),
+        (
+            lambda c: _as_ssh(c, privateKey={"encoding": "PKCS8"}),
+            "keystores and additionalOutputFormats are for X.509 certificates only",
+        ),
+        (
+            lambda c: _as_ssh(c, additionalOutputFormats=[{"type": "DER"}]),
+            "keystores and additionalOutputFormats are for X.509 certificates only",
+        ),
+        (lambda c: c["spec"]["x509"].update(dnsNames=[]), "needs at least one of commonName"),
         (lambda c: c["spec"]["x509"].update(isCA=True), 'unknown field "spec.x509.isCA"'),
         (
             lambda c: c["spec"].update(secretName="Not_A_Name"),
@@ -127,6 +154,12 @@ def test_custom_object_round_trip_and_watch(crds: Kube, namespace: str) -> None:
         "bad-duration",
         "bad-ip",
         "rsa-1024",
+        "ecdsa-2048",
+        "ed25519-with-size",
+        "ssh-with-keystores",
+        "ssh-with-key-encoding",
+        "ssh-with-output-formats",
+        "x509-no-names",
         "is-ca",
         "bad-secret-name",
         "reserved-annotation",
@@ -143,6 +176,32 @@ def test_schema_rejects_invalid_certificate_with_clear_message(
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
     assert "bad" not in crds.kubectl("get", "certificates", "-n", namespace, "-o", "name").stdout
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        {"algorithm": "RSA", "size": 2048},
+        {"algorithm": "RSA", "size": 4096},
+        {"algorithm": "RSA"},
+        {"algorithm": "ECDSA", "size": 256},
+        {"algorithm": "ECDSA", "size": 521},
+        {"algorithm": "ECDSA"},
+        {"algorithm": "Ed25519"},
+        {},
+    ],
+    ids=["rsa-2048", "rsa-4096", "rsa", "ecdsa-256", "ecdsa-521", "ecdsa", "ed25519", "default"],
+)
+def test_schema_accepts_every_supported_key(
+    crds: Kube, namespace: str, key: dict[str, Any]
+) -> None:
+    """The privateKey sizes are checked by one merged rule: each supported pair passes it."""
+    certificate = certificate_manifest(
+        "key", namespace, "a", secretName="key-tls", x509={"dnsNames": ["web.example.svc"]}
+    )
+    certificate["spec"]["privateKey"] = key
+    crds.apply(certificate)
+    crds.kubectl("delete", "certificate", "key", "-n", namespace)
 
 
 def test_valid_certificate_accepted_with_defaults(crds: Kube, namespace: str) -> None:

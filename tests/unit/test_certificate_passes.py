@@ -8,60 +8,36 @@ The clock is injected: a row moves time instead of waiting for it.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import json
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
 
 from signet.controller.certificates import CertificateController
-from signet.controller.issuers import IssuerController
+from signet.controller.issuers import IssuerId
 from signet.controller.trust import TrustPublisher
-from signet.kms.cloudkms import RetryPolicy, close_client, create_client
-from signet.kms.emulator import Counters, EmulatorServer, Faults
-from signet.kms.limiter import SignLimiter
-from signet.observe.audit import AuditLog
-from signet.observe.events import EventPoster
+from signet.kms.emulator import Counters, Faults
 from signet.observe.metrics import Metrics
 from tests.kms_fixtures import KeyFactory
 from tests.operator.harness import certificate_manifest, issuer_manifest
 from tests.recorded_kube import RecordedKube
+from tests.unit.bed import ControllerBed, bed_fixture, key
+from tests.unit.bed import signs as _signs
 
-T = TypeVar("T")
+__all__ = ["bed", "key"]  # fixtures, used by name
 NS = "team-a"
 CERT = (NS, "web")
 ISSUER = ("Issuer", NS, "ca")
-CLUSTER_ISSUER = ("ClusterIssuer", "", "ca")
 START = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
 
 
-class Bed:
+class Bed(ControllerBed):
     """One controller pair over a RecordedKube, on the real KMS emulator."""
 
     def __init__(self, address: str, audit_path: Path) -> None:
-        self.api = RecordedKube()
-        self.now = datetime.datetime.now(datetime.UTC)
-        self.scheduled: list[tuple[Any, float]] = []
-        self.changed: list[Any] = []
-        self.audit = AuditLog(audit_path)
-        self.audit_path = audit_path
-        self.kms = create_client(address)
-        self.events = EventPoster(self.api, home_namespace="signet-system")
-        self.issuers = IssuerController(
-            self.api,  # type: ignore[arg-type]  # the recorded stand-in of KubeApi
-            self.events,
-            self.audit,
-            kms_client=self.kms,
-            limiter=SignLimiter(None, max_concurrency=4),
-            operator_namespace="signet-system",
-            on_change=self.changed.append,
-            schedule=lambda ident, delay: self.scheduled.append((ident, delay)),
-            retry=RetryPolicy(deadline=1.0, attempt_timeout=1.0),
-        )
+        super().__init__(RecordedKube(), address, audit_path)
         self.certificates = CertificateController(
             self.api,  # type: ignore[arg-type]
             self.events,
@@ -74,16 +50,12 @@ class Bed:
             clock=lambda: self.now,
         )
 
-    async def _labels(self, namespace: str) -> dict[str, str] | None:
-        return self.labels
-
-    labels: dict[str, str] = {}
+    def issuer_look(self, ident: IssuerId, delay: float) -> None:
+        self.scheduled.append((ident, delay))
 
     async def issuer(self, key_version: str, *, cluster: bool = False, **spec: Any) -> None:
-        kind, namespace = ("ClusterIssuer", None) if cluster else ("Issuer", NS)
-        self.api.put(kind, issuer_manifest("ca", key_version, namespace=namespace, **spec))
-        await self.issuers.reconcile(CLUSTER_ISSUER if cluster else ISSUER)
-        await self.events.drain()
+        namespace = None if cluster else NS
+        await self.put_issuer(issuer_manifest("ca", key_version, namespace=namespace, **spec))
 
     def certificate(self, **spec: Any) -> None:
         self.api.put("Certificate", certificate_manifest("web", NS, "ca", **spec))
@@ -103,11 +75,8 @@ class Bed:
             return None
         return self.certificates.observe_certificate(body, deleted=False)
 
-    async def reconcile(self) -> None:
-        self.scheduled.clear()
-        self.api.calls.clear()
+    async def _reconcile(self) -> None:
         await self.certificates.reconcile(CERT)
-        await self.events.drain()
 
     def status(self) -> dict[str, Any]:
         body = self.api.get("Certificate", *CERT)
@@ -123,10 +92,6 @@ class Bed:
         assert delays, f"nothing scheduled for {CERT}"
         return min(delays)
 
-    def records(self, kind: str) -> list[dict[str, Any]]:
-        lines = self.audit_path.read_text().splitlines() if self.audit_path.exists() else []
-        return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
     def deliveries(self) -> list[dict[str, Any]]:
         """Delivery records of Certificates (not of the issuer's CA)."""
         return [r for r in self.records("signet.dev/delivery") if "certificate" in r]
@@ -136,38 +101,8 @@ class Bed:
         assert secret is not None
         return secret
 
-    async def close(self) -> None:
-        await self.events.close(within=1)
-        await close_client(self.kms)
 
-
-@pytest.fixture
-def bed(
-    kms_emulator: EmulatorServer, tmp_path: Path
-) -> Callable[[Callable[[Bed], Coroutine[Any, Any, T]]], T]:
-    """Run ``scenario(bed)`` on a fresh event loop with a fresh Bed."""
-
-    def run(scenario: Callable[[Bed], Coroutine[Any, Any, T]]) -> T:
-        async def main() -> T:
-            bed = Bed(kms_emulator.address, tmp_path / "audit.jsonl")
-            try:
-                return await scenario(bed)
-            finally:
-                await bed.close()
-
-        return asyncio.run(main())
-
-    return run
-
-
-@pytest.fixture
-def key(kms_key_factory: KeyFactory) -> str:
-    """A P-256 key of this test's own, so that its signature count is this test's alone."""
-    return kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
-
-def _signs(counters: Counters, key_version: str) -> int:
-    return counters.count("AsymmetricSign", key_version, "OK")
+bed = bed_fixture(Bed)
 
 
 def test_first_issuance_writes_secret_bundle_status_and_two_records(

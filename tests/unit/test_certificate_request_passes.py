@@ -9,31 +9,21 @@ is injected.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
-import datetime
-import json
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
-
-import pytest
+from typing import Any
 
 from signet.controller.certificaterequests import KIND, CertificateRequestController
-from signet.controller.issuers import IssuerController
 from signet.controller.kubeapi import ApiError, Obj
-from signet.kms.cloudkms import RetryPolicy, close_client, create_client
-from signet.kms.emulator import Counters, EmulatorServer
-from signet.kms.limiter import SignLimiter
-from signet.observe.audit import AuditLog
-from signet.observe.events import EventPoster
-from tests.kms_fixtures import KeyFactory
+from signet.kms.emulator import Counters
 from tests.operator.harness import issuer_manifest
 from tests.recorded_kube import RecordedKube
+from tests.unit.bed import RequestBed, bed_fixture, key
+from tests.unit.bed import signs as _signs
 from tests.unit.test_csr_decisions import pkcs10
 
-T = TypeVar("T")
+__all__ = ["bed", "key"]  # fixtures, used by name
 NS = "shop"
 NAME = "web-1"
 IDENT = (NS, NAME)
@@ -60,47 +50,28 @@ class CertificateRequestKube(RecordedKube):
         return self._answer(copy.deepcopy(current), after)
 
 
-class Bed:
+class Bed(RequestBed):
     """The CertificateRequest and issuer controllers over a recorded API, on the real
     emulator."""
 
+    request_key = (KIND, NS, NAME)
+    records_of = "certificateRequest"
+
     def __init__(self, address: str, audit_path: Path) -> None:
-        self.api = CertificateRequestKube()
-        self.now = datetime.datetime.now(datetime.UTC)
-        self.scheduled: list[tuple[tuple[str, str], float]] = []
-        self.audit_path = audit_path
-        audit = AuditLog(audit_path)
-        self.kms = create_client(address)
-        self.events = EventPoster(self.api, home_namespace="signet-system")
-        self.issuers = IssuerController(
-            self.api,  # type: ignore[arg-type]  # the recorded stand-in of KubeApi
-            self.events,
-            audit,
-            kms_client=self.kms,
-            limiter=SignLimiter(None, max_concurrency=4),
-            operator_namespace="signet-system",
-            on_change=lambda issuer: None,
-            schedule=lambda ident, delay: None,
-            retry=RetryPolicy(deadline=1.0, attempt_timeout=1.0),
-        )
+        super().__init__(CertificateRequestKube(), address, audit_path)
         self.requests = CertificateRequestController(
             self.api,  # type: ignore[arg-type]
             self.events,
-            audit,
+            self.audit,
             self.issuers,
             schedule=lambda ident, delay: self.scheduled.append((ident, delay)),
             namespace_labels=self._labels,
             clock=lambda: self.now,
         )
 
-    async def _labels(self, namespace: str) -> dict[str, str] | None:
-        return {}
-
     async def issuer(self, key_version: str) -> None:
-        self.api.put("Issuer", issuer_manifest("ca", key_version, namespace=NS))
-        await self.issuers.reconcile(ISSUER)
-        await self.events.drain()  # the issuer's own Events are not the request's
-        self.api.events.clear()
+        await self.put_issuer(issuer_manifest("ca", key_version, namespace=NS))
+        self.api.events.clear()  # the issuer's own Events are not the request's
 
     def request(self, *, verdict: str | None = "Approved", dns: str = f"web.{NS}.svc") -> None:
         conditions = [{"type": verdict, "status": "True"}] if verdict else []
@@ -122,16 +93,6 @@ class Bed:
             },
         )
 
-    def approve(self) -> None:
-        body = self.body()
-        body["status"] = {"conditions": [{"type": "Approved", "status": "True"}]}
-        self.api.put(KIND, body)
-
-    def body(self) -> Obj:
-        body = self.api.get(KIND, NS, NAME)
-        assert body is not None
-        return copy.deepcopy(body)
-
     def ready(self) -> dict[str, Any]:
         found = [c for c in self.body()["status"].get("conditions", []) if c["type"] == "Ready"]
         return found[0] if found else {}
@@ -139,50 +100,11 @@ class Bed:
     def watch(self, body: Obj | None = None) -> tuple[str, str] | None:
         return self.requests.observe(self.body() if body is None else body, deleted=False)
 
-    async def reconcile(self) -> None:
-        self.scheduled.clear()
-        self.api.calls.clear()
+    async def _reconcile(self) -> None:
         await self.requests.reconcile(IDENT)
-        await self.events.drain()
-
-    def records(self, kind: str) -> list[dict[str, Any]]:
-        lines = self.audit_path.read_text().splitlines() if self.audit_path.exists() else []
-        return [
-            r for r in map(json.loads, lines) if r["kind"] == kind and "certificateRequest" in r
-        ]
-
-    async def close(self) -> None:
-        await self.events.close(within=1)
-        await close_client(self.kms)
 
 
-@pytest.fixture
-def bed(
-    kms_emulator: EmulatorServer, tmp_path: Path
-) -> Callable[[Callable[[Bed], Coroutine[Any, Any, T]]], T]:
-    """Run ``scenario(bed)`` on a fresh event loop with a fresh Bed."""
-
-    def run(scenario: Callable[[Bed], Coroutine[Any, Any, T]]) -> T:
-        async def main() -> T:
-            bed = Bed(kms_emulator.address, tmp_path / "audit.jsonl")
-            try:
-                return await scenario(bed)
-            finally:
-                await bed.close()
-
-        return asyncio.run(main())
-
-    return run
-
-
-@pytest.fixture
-def key(kms_key_factory: KeyFactory) -> str:
-    """A P-256 key of this test's own, so that its signature count is this test's alone."""
-    return kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
-
-def _signs(counters: Counters, key_version: str) -> int:
-    return counters.count("AsymmetricSign", key_version, "OK")
+bed = bed_fixture(Bed)
 
 
 def test_an_approved_request_is_issued_with_one_write_in_cert_manager_s_shape(

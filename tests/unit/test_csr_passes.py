@@ -9,14 +9,11 @@ client, so the signature count is KMS's own. The clock is injected.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import datetime
-import json
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -24,19 +21,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from signet.controller.csrs import KIND, CsrController
-from signet.controller.issuers import IssuerController
 from signet.controller.kubeapi import ApiError, Obj
-from signet.kms.cloudkms import RetryPolicy, close_client, create_client
-from signet.kms.emulator import Counters, EmulatorServer
-from signet.kms.limiter import SignLimiter
-from signet.observe.audit import AuditLog
-from signet.observe.events import EventPoster
+from signet.kms.emulator import Counters
 from signet.observe.metrics import Metrics
-from tests.kms_fixtures import KeyFactory
 from tests.operator.harness import issuer_manifest
 from tests.recorded_kube import RecordedKube
+from tests.unit.bed import RequestBed, bed_fixture, key
+from tests.unit.bed import signs as _signs
 
-T = TypeVar("T")
+__all__ = ["bed", "key"]  # fixtures, used by name
 NS = "team-a"
 NAME = "csr-1"
 ISSUER = ("Issuer", NS, "ca")
@@ -75,33 +68,19 @@ def _pem_request(dns_name: str) -> str:
     return base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode()
 
 
-class Bed:
+class Bed(RequestBed):
     """The CSR controller and the issuer controller over a CsrKube, on the real emulator."""
 
+    request_key = (KIND, "", NAME)
+    records_of = "certificateSigningRequest"
+
     def __init__(self, address: str, audit_path: Path) -> None:
-        self.api = CsrKube()
-        self.now = datetime.datetime.now(datetime.UTC)
-        self.scheduled: list[tuple[str, float]] = []
-        self.audit_path = audit_path
+        super().__init__(CsrKube(), address, audit_path)
         self.metrics = Metrics()
-        audit = AuditLog(audit_path)
-        self.kms = create_client(address)
-        self.events = EventPoster(self.api, home_namespace="signet-system")
-        self.issuers = IssuerController(
-            self.api,  # type: ignore[arg-type]  # the recorded stand-in of KubeApi
-            self.events,
-            audit,
-            kms_client=self.kms,
-            limiter=SignLimiter(None, max_concurrency=4),
-            operator_namespace="signet-system",
-            on_change=lambda issuer: None,
-            schedule=lambda ident, delay: None,
-            retry=RetryPolicy(deadline=1.0, attempt_timeout=1.0),
-        )
         self.csrs = CsrController(
             self.api,  # type: ignore[arg-type]
             self.events,
-            audit,
+            self.audit,
             self.issuers,
             schedule=lambda name, delay: self.scheduled.append((name, delay)),
             namespace_labels=self._labels,
@@ -109,16 +88,11 @@ class Bed:
             clock=lambda: self.now,
         )
 
-    async def _labels(self, namespace: str) -> dict[str, str] | None:
-        return {}
-
     async def start(self, key_version: str, *, approved: bool = True, **names: str) -> None:
         """A Ready Issuer that signs CSRs, and a request of its namespace's ServiceAccount."""
         spec = {"certificateSigningRequests": {"enabled": True}}
-        self.api.put("Issuer", issuer_manifest("ca", key_version, namespace=NS, **spec))
-        await self.issuers.reconcile(ISSUER)
-        await self.events.drain()  # the issuer's own Events are not the request's
-        self.api.events.clear()
+        await self.put_issuer(issuer_manifest("ca", key_version, namespace=NS, **spec))
+        self.api.events.clear()  # the issuer's own Events are not the request's
         conditions = [{"type": "Approved", "status": "True", "reason": "Test"}] if approved else []
         self.api.put(
             KIND,
@@ -137,24 +111,11 @@ class Bed:
             },
         )
 
-    def approve(self) -> None:
-        body = self.body()
-        body["status"] = {"conditions": [{"type": "Approved", "status": "True"}]}
-        self.api.put(KIND, body)
-
-    def body(self) -> Obj:
-        body = self.api.get(KIND, "", NAME)
-        assert body is not None
-        return copy.deepcopy(body)
-
     def watch(self) -> str | None:
         return self.csrs.observe(self.body(), deleted=False)
 
-    async def reconcile(self) -> None:
-        self.scheduled.clear()
-        self.api.calls.clear()
+    async def _reconcile(self) -> None:
         await self.csrs.reconcile(NAME)
-        await self.events.drain()
 
     def answers(self, answer: str, reason: str) -> float | None:
         return self.metrics.registry.get_sample_value(
@@ -169,46 +130,8 @@ class Bed:
     def certificate(self) -> bytes:
         return base64.b64decode((self.body().get("status") or {}).get("certificate") or "")
 
-    def records(self, kind: str) -> list[dict[str, Any]]:
-        lines = self.audit_path.read_text().splitlines() if self.audit_path.exists() else []
-        return [
-            r
-            for r in map(json.loads, lines)
-            if r["kind"] == kind and "certificateSigningRequest" in r
-        ]
 
-    async def close(self) -> None:
-        await self.events.close(within=1)
-        await close_client(self.kms)
-
-
-@pytest.fixture
-def bed(
-    kms_emulator: EmulatorServer, tmp_path: Path
-) -> Callable[[Callable[[Bed], Coroutine[Any, Any, T]]], T]:
-    """Run ``scenario(bed)`` on a fresh event loop with a fresh Bed."""
-
-    def run(scenario: Callable[[Bed], Coroutine[Any, Any, T]]) -> T:
-        async def main() -> T:
-            bed = Bed(kms_emulator.address, tmp_path / "audit.jsonl")
-            try:
-                return await scenario(bed)
-            finally:
-                await bed.close()
-
-        return asyncio.run(main())
-
-    return run
-
-
-@pytest.fixture
-def key(kms_key_factory: KeyFactory) -> str:
-    """A P-256 key of this test's own, so that its signature count is this test's alone."""
-    return kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
-
-
-def _signs(counters: Counters, key_version: str) -> int:
-    return counters.count("AsymmetricSign", key_version, "OK")
+bed = bed_fixture(Bed)
 
 
 def test_an_approved_request_is_signed_with_one_write_and_two_records(

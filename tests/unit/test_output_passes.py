@@ -12,7 +12,8 @@ import pytest
 
 from signet.kms.emulator import Counters
 from tests.operator.harness import certificate_manifest
-from tests.unit.test_certificate_passes import NS, Bed, _signs, bed, key
+from tests.unit.bed import signs as _signs
+from tests.unit.test_certificate_passes import NS, Bed, bed, key
 
 __all__ = ["bed", "key"]  # fixtures, used by name
 

@@ -116,7 +116,7 @@ class CertificateController:
             return None
         self.cache.index(ident, body.get("spec") or {})
         if not busy and self._settled(ident, body):
-            self.cache.pending.pop(ident, None)
+            self.cache.parked.discard(ident)
             return None
         self.cache.park(ident, body)
         failure = self._failures.get(ident)
@@ -252,7 +252,7 @@ class CertificateController:
     async def reconcile(self, ident: CertId) -> None:
         """One pass; an exception escaping into the work queue would leave the Certificate
         silent, so every one ends here with a status and a retry."""
-        body = self.cache.pending.pop(ident, None)
+        body = self.cache.parked.take(ident)
         if body is None:
             try:
                 body = await self._api.get_object("Certificate", *ident)

@@ -23,18 +23,12 @@ from signet.api.issuer import IssuerSpec, parse_issuer_spec
 from signet.api.times import timestamp_or_none
 from signet.controller import issuerstatus, rollover
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
+from signet.controller.signers import SignerCache
 from signet.decisions import rotation
 from signet.decisions.certificate import retry_delay
 from signet.issuance import IssuerMaterial, TrustSet
-from signet.kms import backends
 from signet.kms.cloudkms import RetryPolicy
-from signet.kms.errors import (
-    KmsError,
-    KmsInvalidArgument,
-    KmsKeyDisabled,
-    KmsKeyNotFound,
-    KmsUnavailable,
-)
+from signet.kms.errors import KmsError, KmsKeyDisabled, KmsKeyNotFound
 from signet.kms.limiter import SignLimiter
 from signet.kms.signer import KmsPublicKey, Signer
 from signet.observe.audit import AuditLog
@@ -105,14 +99,17 @@ class IssuerController:
         self._api = api
         self._events = events
         self._audit = audit
-        self._kms_client = kms_client
-        self._limiter = limiter
         self._operator_namespace = operator_namespace
         self._on_change = on_change
         self._schedule = schedule
-        self._observe_sign = observe_sign
-        self._retry = retry
-        self._signers: dict[str, Signer] = {}
+        self._signers = SignerCache(
+            api,
+            kms_client=kms_client,
+            limiter=limiter,
+            operator_namespace=operator_namespace,
+            observe_sign=observe_sign,
+            retry=retry,
+        )
         self.states: dict[IssuerId, IssuerState] = {}
         self.pending: dict[IssuerId, Obj] = {}
         self._key_facts: dict[str, str] = {}
@@ -148,15 +145,10 @@ class IssuerController:
             self.note_key_fact(error.key_version, error.reason, str(error))
 
     def signer(self, key_version: str, spec: IssuerSpec | None = None) -> Signer:
-        """One signer per key version for the life of the process: its public key is
-        fetched once and every Certificate shares its limiter.
+        """One signer per key version for the life of the process (see `SignerCache`).
 
-        A PKCS#11 key (``spec.kms.pkcs11``; ``key_version`` is then its URI) also needs
-        its module and PIN: from ``spec`` when given, else from the spec of an issuer
-        resolved earlier with that key (a rollover's older key). The cache key includes
-        module, algorithm and where the PIN is read, so an edited spec gets a fresh signer
-        and each issuer proves its own PIN (a signer shared with another issuer would
-        sign with that issuer's).
+        A PKCS#11 key also needs its module and PIN: from ``spec`` when given, else from
+        the spec of an issuer resolved earlier with that key (a rollover's older key).
         """
         if spec is None or spec.key_version != key_version:
             spec = next(
@@ -167,55 +159,7 @@ class IssuerController:
                 ),
                 None,
             )
-        pkcs11 = spec.pkcs11 if spec is not None else None
-        cache_key = key_version
-        if pkcs11 is not None and spec is not None:
-            ref = pkcs11.pin_secret
-            pin_at = pkcs11.pin_file
-            if ref is not None:
-                namespace = spec.namespace or self._operator_namespace
-                pin_at = f"secret:{namespace}/{ref.name}/{ref.key}"
-            cache_key = f"{key_version} {pkcs11.module} {pkcs11.algorithm} {pin_at}"
-        elif key_version.startswith("pkcs11:"):
-            known = [s for s in self._signers.values() if s.key_version == key_version]
-            if known:
-                return known[0]
-            raise KmsInvalidArgument(
-                key_version, "no issuer names this PKCS#11 key any more: module and PIN unknown"
-            )
-        signer = self._signers.get(cache_key)
-        if signer is None:
-            signer = backends.open_signer(
-                key_version,
-                pkcs11,
-                kms_client=self._kms_client,
-                limiter=self._limiter,
-                observe=self._observe_sign,
-                retry=self._retry,
-                pin_source=self._pin_reader(spec) if spec is not None else None,
-            )
-            self._signers[cache_key] = signer
-        return signer
-
-    def _pin_reader(self, spec: IssuerSpec) -> backends.PinSource | None:
-        """Reads the PIN from the issuer's PIN Secret at each login (never cached here, so
-        an updated Secret is used after a refused PIN); None for a pinFile."""
-        pkcs11 = spec.pkcs11
-        if pkcs11 is None or pkcs11.pin_secret is None:
-            return None
-        ref, key_version = pkcs11.pin_secret, spec.key_version
-        namespace = spec.namespace or self._operator_namespace
-
-        async def read() -> str:
-            try:
-                secret = await self._api.get_secret(namespace, ref.name)
-            except ApiError as error:
-                raise KmsUnavailable(
-                    key_version, f"PIN Secret {namespace}/{ref.name} could not be read: {error}"
-                ) from None
-            return backends.pin_from_secret(secret, namespace, ref, key_version)
-
-        return read
+        return self._signers.signer(key_version, spec)
 
     def observe(self, body: Obj, deleted: bool) -> None:
         ident = issuer_id(body)

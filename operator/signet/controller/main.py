@@ -15,7 +15,7 @@ import socket
 import sys
 from pathlib import Path
 
-from signet.kms.cloudkms import EMULATOR_ENV
+from signet.kms import EMULATOR_ENV
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

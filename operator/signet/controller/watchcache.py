@@ -10,6 +10,7 @@ parked only until a worker takes them, and a Secret is remembered as a key-free 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from typing import Generic, NewType, TypeVar
 
@@ -24,8 +25,9 @@ SecretId = NewType("SecretId", tuple[str, str])
 IssuerId = tuple[str, str, str]
 """(kind, namespace or "", name) of an Issuer or ClusterIssuer."""
 
-PARKED_BODIES = 1000
-"""Watched bodies kept for the reconcile pass; past this, a pass GETs its Certificate."""
+PARKED_BYTES = 64 * 1024 * 1024
+"""Budget of the parked bodies' JSON; past it, a pass GETs its Certificate."""
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 PARSED_SPECS = 1000
 """Parsed specs kept for queued passes, by (uid, generation); see `WatchCache.keep_spec`."""
 T = TypeVar("T")
@@ -91,6 +93,64 @@ class Links(Generic[T]):
         return list(users) if isinstance(users, set) else [users]
 
 
+class ParkedBodies:
+    """Watched Certificate bodies waiting for their pass, each kept as one compact JSON
+    string.
+
+    A pass needs the whole body (metadata, spec, status), and a burst queues thousands
+    before a worker gets to them. As dicts, a body is hundreds of small objects: parking
+    every queued one cost more memory than the steady state, so only a fixed number
+    were parked and every pass past them paid a GET. One string per body is a fraction of
+    that, and reading it back costs microseconds where a GET costs milliseconds and an
+    apiserver request. What no pass reads is dropped first: the apiserver's field-ownership
+    bookkeeping and kubectl's copy of the applied spec.
+    """
+
+    def __init__(self, budget: int = PARKED_BYTES) -> None:
+        self._budget = budget
+        self._bodies: dict[CertId, str] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def __contains__(self, cert: object) -> bool:
+        return cert in self._bodies
+
+    @property
+    def size(self) -> int:
+        """Characters held (ASCII JSON: about the bytes)."""
+        return self._size
+
+    def put(self, cert: CertId, body: Obj) -> bool:
+        """Park a body, replacing an older one of the same Certificate; False if it does
+        not fit in the budget (its pass will read it)."""
+        metadata = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+        annotations = metadata.get("annotations")
+        if annotations and LAST_APPLIED in annotations:
+            metadata["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+        text = json.dumps({**body, "metadata": metadata}, separators=(",", ":"))
+        self.discard(cert)
+        if self._size + len(text) > self._budget:
+            return False
+        self._bodies[cert] = text
+        self._size += len(text)
+        return True
+
+    def take(self, cert: CertId) -> Obj | None:
+        text = self._bodies.pop(cert, None)
+        if text is None:
+            return None
+        self._size -= len(text)
+        body: Obj = json.loads(text)
+        return body
+
+    def discard(self, cert: CertId) -> None:
+        text = self._bodies.pop(cert, None)
+        if text is not None:
+            self._size -= len(text)
+
+
 def _resource_version(value: str) -> int:
     try:
         return int(value)
@@ -106,7 +166,7 @@ class WatchCache:
 
     def __init__(self, wake: Callable[[CertId], None]) -> None:
         self._wake = wake
-        self.pending: dict[CertId, Obj] = {}
+        self.parked = ParkedBodies()
         self.secrets: dict[SecretId, SecretSummary] = {}
         self.secret_links: Links[SecretId] = Links()
         self.issuer_links: Links[IssuerId] = Links()
@@ -130,17 +190,13 @@ class WatchCache:
         return self.secrets.get(secret) if secret is not None else None
 
     def forget(self, cert: CertId) -> None:
-        self.pending.pop(cert, None)
+        self.parked.discard(cert)
         self.secret_links.unlink(cert)
         self.issuer_links.unlink(cert)
 
     def park(self, cert: CertId, body: Obj) -> None:
-        """Keep a body for its pass, which then saves a GET; without the apiserver's
-        field-ownership bookkeeping, most of a body's small objects. A cold start over
-        thousands parks only the first PARKED_BODIES and reads the rest."""
-        if len(self.pending) < PARKED_BODIES or cert in self.pending:
-            metadata = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-            self.pending[cert] = {**body, "metadata": metadata}
+        """Keep a body for its pass, which then saves a GET."""
+        self.parked.put(cert, body)
 
     def spec(self, body: Obj) -> CertificateSpec:
         """The parsed spec, kept from an earlier look at the same generation if there was

@@ -40,6 +40,7 @@ from google.cloud.kms_v1.services.key_management_service.transports import (
 )
 
 from signet import __version__
+from signet.kms import EMULATOR_ENV as EMULATOR_ENV  # re-exported: its old home
 from signet.kms.algorithms import (
     Algorithm,
     UnsupportedAlgorithmError,
@@ -61,9 +62,6 @@ from signet.kms.limiter import SignLimiter
 from signet.kms.signer import KmsPublicKey
 
 log = logging.getLogger(__name__)
-
-EMULATOR_ENV = "SIGNET_KMS_EMULATOR"
-"""``host:port`` of a KMS emulator; when set, :func:`create_client` dials it insecurely."""
 
 USER_AGENT = f"signet/{__version__}"
 

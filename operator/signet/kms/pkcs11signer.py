@@ -63,14 +63,11 @@ from signet.kms.errors import (
     KmsWrongAlgorithm,
 )
 from signet.kms.limiter import SignLimiter
-from signet.kms.signer import KmsPublicKey
+from signet.kms.signer import KmsPublicKey, PinSource
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-PinSource = Callable[[], Awaitable[str]]
-"""Reads the token's user PIN (from a Secret or a file) when a login needs it."""
 
 BACKEND = "pkcs11"
 

@@ -8,6 +8,7 @@ swapping the code path.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,3 +42,8 @@ class Signer(Protocol):
     async def public_key(self) -> KmsPublicKey: ...
 
     async def sign(self, data: bytes) -> bytes: ...
+
+
+PinSource = Callable[[], Awaitable[str]]
+"""Reads a PKCS#11 token's user PIN (from a Secret or a file) when a login needs it. Here,
+not with the PKCS#11 signer, so that naming it does not load python-pkcs11."""
