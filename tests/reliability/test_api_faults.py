@@ -7,13 +7,14 @@ signature, and each KMS signature has exactly one audit record.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from signet.kms.emulator import Counters, EmulatorServer
-from tests.faultproxy import WRITES, FaultProxy
+from tests.faultproxy import WRITES, FaultProxy, Seen
 from tests.kube import Kube
 from tests.operator.harness import OperatorProcess
 from tests.reliability.conftest import Recorder
@@ -128,3 +129,49 @@ def test_api_faults_cost_no_second_signature(
         converged,
         signatures=signatures,
     )
+
+
+def test_a_listing_whose_snapshot_expired_is_listed_again(
+    crds: Kube,
+    namespace: str,
+    proxied_operator: tuple[OperatorProcess, FaultProxy],
+    kms_key_factory: KeyFactory,
+) -> None:
+    """A continue token outlived by its listing (the apiserver compacted the snapshot away,
+    as it did under a cold start over 100,000 Certificates) answers 410 Gone. kopf takes an
+    API error from a listing as fatal and stops the operator; Signet turns it into a fresh
+    listing, as client-go's reflector does, and goes on."""
+    operator, proxy = proxied_operator
+    fresh_issuer(crds, namespace, kms_key_factory, timeout=60)
+    names = [f"l{i:03d}" for i in range(120)]  # more than two list pages of 50
+    create_certificates(crds, namespace, "ca", names)
+    wait_all(crds, namespace, names, timeout=120)
+    operator.stop()
+    proxy.clear()
+
+    def certificate_list(seen: Seen) -> bool:
+        return seen.path.endswith("/certificates")
+
+    expired = proxy.fail(
+        "GET",
+        "/apis/signet.dev/**",
+        status=410,
+        watch=False,
+        where=lambda seen: certificate_list(seen) and "continue=" in seen.query,
+    )
+    operator.start()
+    create_certificates(crds, namespace, "ca", ["after"])
+    wait_all(crds, namespace, ["after"], timeout=90)
+    operator.check_alive()
+    assert expired.fired == 1
+    first_pages = [
+        seen
+        for seen in proxy.requests("GET", "/apis/signet.dev/**", watch=False)
+        if certificate_list(seen) and "continue=" not in seen.query
+    ]
+    assert len(first_pages) >= 2, "the listing was not started again"
+    log = operator.log.read_text()
+    assert "outlived its continue token" in log
+    assert "has failed" not in log, "a watcher failed (kopf stops the operator on that)"
+    signed = Counter(r["certificate"]["name"] for r in operator.audit_records())
+    assert {name: signed[name] for name in [*names, "after"]} == dict.fromkeys([*names, "after"], 1)
