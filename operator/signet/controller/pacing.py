@@ -15,12 +15,12 @@ or until ``patience`` runs out, so a short page can never stall a listing.
 
 A listing is paced for ``budget`` seconds at most. Its continue token is good only until
 the apiserver's next etcd compaction (every five minutes by default); a listing paced for
-longer than that, as one over 100,000 Certificates under a cold start's load was, gets
-410 Gone on its next page, which kopf takes as a fatal watcher error and stops the
-operator. Past the budget a listing's pages go as fast as the apiserver answers them. Should
-a token expire anyway (a slow apiserver, a short compaction interval), the 410 is raised as
-`ListingExpired`, a payload error: kopf ends that watch stream on it and lists again from a
-fresh snapshot, as client-go's reflector does.
+longer than that (a cold start over a very large namespace, handlers slowed by the
+issuing) gets 410 Gone on its next page, which kopf takes as a fatal watcher error and
+stops the operator. Past the budget a listing's pages go as fast as the apiserver answers
+them. Should a token expire anyway (a slow apiserver, a short compaction interval), the
+410 is raised as `ListingExpired`, a payload error: kopf ends that watch stream on it and
+lists again from a fresh snapshot, as client-go's reflector does.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ class ListingExpired(aiohttp.ClientPayloadError):
 
 
 class ListPacer:
-    """Holds kopf's next list page until the handlers took the last one, so a restart never
-    parses a whole listing at once."""
+    """Holds kopf's next list page until the handlers took the last one, so a restart does
+    not parse a whole listing at once (for as long as the listing's budget allows)."""
 
     def __init__(
         self, page: int, patience: float = PAGE_PATIENCE_S, budget: float = LISTING_BUDGET_S
