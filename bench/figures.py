@@ -447,7 +447,7 @@ def memory_phase(env: Env, sizes: Sizes, only: set[str]) -> dict[str, Any]:
         spawned = env.operator.start_for(namespaces)
         with py_spy(env.operator.pid, spy := env.spy("cold-issuance")):
             issued_s = watch.wait_all(keys, timeout=180 + n * 0.25) - spawned
-    idle_s = _wait_idle(env.operator, namespaces, n, timeout=max(120, n / 500))
+    idle_s = _wait_idle(env.operator, namespaces, n, timeout=max(120, n / 200))
     results["cold_issuance"] = {
         "certificates": n,
         "created_while_stopped_s": round(create_s, 1),
@@ -530,7 +530,8 @@ def _restart(env: Env, namespaces: list[str], keys: list[CertKey], name: str) ->
         spawned = env.operator.start_for(namespaces)
         metrics_up_s = time.perf_counter() - spawned
         with py_spy(env.operator.pid, spy := env.spy(name)):
-            idle_s = _wait_idle(env.operator, namespaces, n, timeout=max(300, n / 200), poll=0.5)
+            # generous: a slow settle is a figure to report against its target, not a lost run
+            idle_s = _wait_idle(env.operator, namespaces, n, timeout=max(300, n / 50), poll=0.5)
     idle_total_s = time.perf_counter() - spawned
     time.sleep(3)  # anything still in flight lands in the comparisons below
     certs_after = env.kube.certificate_versions(namespaces)
