@@ -38,7 +38,6 @@ def crdcost_phase(env: Env, sizes: Sizes) -> dict[str, Any]:
         "signet": (GROUP, VERSION, certificate_body),
     }
     certmanager.install_crds(env.kube)
-    teardown = ""
     try:
         for side in sides:
             for i in range(rounds):
