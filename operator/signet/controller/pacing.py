@@ -17,10 +17,12 @@ A listing is paced for ``budget`` seconds at most. Its continue token is good on
 the apiserver's next etcd compaction (every five minutes by default); a listing paced for
 longer than that (a cold start over a very large namespace, handlers slowed by the
 issuing) gets 410 Gone on its next page, which kopf takes as a fatal watcher error and
-stops the operator. Past the budget a listing's pages go as fast as the apiserver answers
-them. Should a token expire anyway (a slow apiserver, a short compaction interval), the
-410 is raised as `ListingExpired`, a payload error: kopf ends that watch stream on it and
-lists again from a fresh snapshot, as client-go's reflector does.
+stops the operator. Past the budget a listing's pages are no longer held back, but they
+still go only as fast as kopf's event loop takes them, which a busy operator over a very
+large namespace can make slower than a token lives. Then the 410 is raised as
+`ListingExpired`, a payload error: kopf ends that watch stream on it and lists again from
+a fresh snapshot, as client-go's reflector does. That keeps the operator running; it does
+not make such a listing finish (a streaming list, with no token, would).
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ def list_scope(url: URL) -> Scope | None:
 PAGE_PATIENCE_S = 2.0
 """Longest a page waits for the handlers to take the one before."""
 LISTING_BUDGET_S = 120.0
-"""Longest a listing is paced: under half the five minutes its continue token lives, so
-the rest can still be read unpaced in time."""
+"""Longest a listing is paced: under half the five minutes its continue token lives,
+leaving the rest of that time to read the remaining pages unpaced."""
 
 
 class ListingExpired(aiohttp.ClientPayloadError):
