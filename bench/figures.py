@@ -463,11 +463,13 @@ def memory_phase(env: Env, sizes: Sizes, only: set[str]) -> dict[str, Any]:
     }
     memory["after_cold_issuance"]["idle_after_s"] = round(idle_s, 1)
     if "restart" in only:
-        restarts = []
-        for r in range(sizes.rounds):
-            restarts.append(_restart(env, namespaces, keys, f"restart-{r}"))
-            restarts[-1]["memory"] = env.operator.memory()
+        by_source = _restarts(env, namespaces, keys, sizes.rounds)
+        restarts = by_source.pop(HARNESS_SOURCE)
         results["restart"] = _restart_summary(n, restarts)
+        if by_source:
+            results["restart"]["other_sources"] = {
+                source: _restart_summary(n, runs) for source, runs in by_source.items()
+            }
         rss = [r["memory"]["rss_mib"] for r in restarts]
         memory["after_restart_rss_mib"] = noise.spread(rss)
     memory["after_restart"] = env.operator.memory()
@@ -519,6 +521,35 @@ def _wait_idle(
     raise TimeoutError(f"operator not idle after {timeout}s")
 
 
+HARNESS_SOURCE = "harness"
+
+
+def _restarts(
+    env: Env, namespaces: list[str], keys: list[CertKey], rounds: int
+) -> dict[str, list[dict[str, Any]]]:
+    """``rounds`` restarts of the harness's own operator and, in each round, one of each
+    ``env.restart_sources`` in turn, so that load on a shared machine falls on every
+    source alike. The harness's own runs last: the memory figures read the operator
+    that is left."""
+    own = env.operator.env
+    runs: dict[str, list[dict[str, Any]]] = {str(s): [] for s in env.restart_sources}
+    runs[HARNESS_SOURCE] = []
+    try:
+        for r in range(rounds):
+            for source in env.restart_sources:
+                env.operator.env = {**own, "PYTHONPATH": str(source)}
+                runs[str(source)].append(
+                    _restart(env, namespaces, keys, f"restart-{r}-{source.name}")
+                )
+                runs[str(source)][-1]["memory"] = env.operator.memory()
+            env.operator.env = own
+            runs[HARNESS_SOURCE].append(_restart(env, namespaces, keys, f"restart-{r}"))
+            runs[HARNESS_SOURCE][-1]["memory"] = env.operator.memory()
+    finally:
+        env.operator.env = own
+    return runs
+
+
 def _restart(env: Env, namespaces: list[str], keys: list[CertKey], name: str) -> dict[str, Any]:
     """One restart over the Ready Certificates: what it signed and wrote, and how long
     until idle; its window runs from the spawn until idle."""
@@ -568,6 +599,10 @@ def _restart_summary(n: int, restarts: Sequence[dict[str, Any]]) -> dict[str, An
         "certificate_status_writes": sum(r["certificate_status_writes"] for r in restarts),
         "idle_after_spawn_s": round(statistics.median(idle), 2),
         "idle_after_spawn_spread_s": noise.spread(idle),
+        "cpu_s": {
+            process: noise.spread([r["window"]["cpu_s"].get(process, 0.0) for r in restarts])
+            for process in ("operator", "kube-apiserver", "etcd")
+        },
         "per_restart": list(restarts),
         "noise": noise.assess([r["window"] for r in restarts], idle, "restarts' seconds to idle"),
     }

@@ -166,6 +166,14 @@ def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
             idle <= limit,
         )
         add("restart", "  each restart s", span(r["idle_after_spawn_spread_s"]), "", None)
+        add("restart", "  CPU s: operator / apiserver", _cpu(r), "", None)
+        for source, other in r.get("other_sources", {}).items():
+            name = Path(source).parent.name or source
+            writes = other["kms_sign_calls"] + other["secrets_changed"]
+            add("restart", f"  {name[:24]}: signatures + Secret writes", writes, "0", writes == 0)
+            add("restart", f"  {name[:24]}: s until idle", other["idle_after_spawn_s"], "", None)
+            add("restart", "    each restart s", span(other["idle_after_spawn_spread_s"]), "", None)
+            add("restart", "    CPU s: operator / apiserver", _cpu(other), "", None)
     if s := figures.get("renewal_storm"):
         limit = s["sign_qps_limit"]
         peak = s["kms_max_signs_in_any_1s"]
@@ -267,6 +275,12 @@ def pcr_rows(figures: dict[str, Any], add: Add, span: Callable[[dict[str, Any]],
             add("kms", f"GetPublicKey per issuer ({key})", value, "1", value == 1)
 
 
+def _cpu(restarts: dict[str, Any]) -> str:
+    """The median CPU seconds of a restart, operator / apiserver."""
+    cpu = restarts["cpu_s"]
+    return f"{cpu['operator']['median']:g} / {cpu['kube-apiserver']['median']:g}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'figure':<11} {'measure':<46} {'value':>12}  {'target':<12} met"]
     for row in rows:
@@ -309,6 +323,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="like --tracemalloc without tracing: only pymalloc's arena statistics (cheap)",
     )
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, profiles)")
+    p.add_argument(
+        "--restart-source",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="also restart the operator of this source tree (a folder holding signet) in "
+        "every restart round, in turn with the harness's own (repeatable)",
+    )
     for name in SIZE_OPTIONS:
         p.add_argument(f"--{name}", type=int, help=f"override the {name} size")
     args = p.parse_args(argv)
@@ -461,7 +484,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             operator.tracemalloc_out = workdir / "tracemalloc.txt"
             operator.trace = args.tracemalloc
         pids = {name: plane.pid_of(name) for name in ("kube-apiserver", "etcd")}
-        env = Env(kube, kms, operator, workdir, profile=args.profile, control_plane_pids=pids)
+        env = Env(
+            kube,
+            kms,
+            operator,
+            workdir,
+            profile=args.profile,
+            control_plane_pids=pids,
+            restart_sources=tuple(source.resolve() for source in args.restart_source),
+        )
         mode = "scale" if args.scale else "quick" if args.quick else "full"
         print(f"signet bench: {mode} {sorted(only)} in {workdir}")
         phases = run_phases(env, sizes, only, figures, hsm_module)

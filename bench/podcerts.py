@@ -46,7 +46,7 @@ from bench.kube import (
 )
 from bench.procs import GET_PUBLIC_KEY, ROOT, SIGN, child_env, py_spy
 from bench.windows import Env, Sizes, profile_summary, wait_quiet, window
-from signet.controller.handlers import LIST_PAGE
+from signet.controller.informer import LIST_PAGE
 from signet.decisions import podcertificate as pc
 
 NODE = "bench-node"

@@ -86,6 +86,9 @@ class Env:
     """Sample the operator with py-spy during each timed phase."""
     control_plane_pids: dict[str, int]
     """kube-apiserver and etcd, for the CPU accounting of timed windows."""
+    restart_sources: tuple[Path, ...] = ()
+    """Other source trees (each a folder holding ``signet``) whose operator restarts in
+    turn with the harness's own in every restart round: a before/after in one run."""
 
     def spy(self, name: str) -> Path | None:
         return self.workdir / f"py-spy-{name}.txt" if self.profile else None

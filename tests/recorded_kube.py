@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,16 +145,6 @@ class RecordedKube:
         _merge(current, patch)
         current["metadata"]["resourceVersion"] = str(next(self._versions))
         return copy.deepcopy(current)
-
-    async def list_secrets(
-        self, label_selector: str, namespace: str | None = None, page: int = 200
-    ) -> AsyncIterator[list[Obj]]:
-        self._call("list_secrets", ("Secret", namespace or "", ""))
-        yield [
-            copy.deepcopy(o)
-            for (kind, ns, _), o in self.objects.items()
-            if kind == "Secret" and namespace in (None, ns)
-        ]
 
     async def apply_configmap(
         self, namespace: str, name: str, labels: dict[str, str], data: dict[str, str]

@@ -106,6 +106,7 @@ def test_bench_runs_and_writes_every_field(tmp_path: Path) -> None:
             "--pcr-throughput=5",
             "--pcr-memory=20",
             f"--output={tmp_path}",
+            f"--restart-source={ROOT / 'operator'}",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -141,6 +142,15 @@ def test_bench_runs_and_writes_every_field(tmp_path: Path) -> None:
     assert restart["idle_after_spawn_s"] == restart["idle_after_spawn_spread_s"]["median"]
     _check_noise(restart["noise"])
     _check_spread(figures["memory"]["after_restart_rss_mib"], ROUNDS)
+    for process in ("operator", "kube-apiserver"):
+        _check_spread(restart["cpu_s"][process], ROUNDS)
+    assert len(restart["cpu_s"]["etcd"]["values"]) == ROUNDS
+    # --restart-source: its restarts took turns with the harness's own, round by round
+    (other,) = restart["other_sources"].values()
+    assert other["kms_sign_calls"] == 0 and other["secrets_changed"] == 0
+    for r, one in enumerate(other["per_restart"]):
+        _check_window(one["window"], f"restart-{r}-operator", {"operator", "kube-apiserver"})
+    assert restart["cpu_s"]["operator"]["min"] > 0
 
     kms = figures["kms_efficiency"]
     assert kms["sign_calls_per_certificate"] == {"throughput": 1.0, "latency": 1.0}

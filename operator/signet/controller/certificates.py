@@ -177,9 +177,6 @@ class CertificateController:
     def observe_secret(self, body: Obj, deleted: bool) -> None:
         self.cache.observe_secret(body, deleted)
 
-    def load_secrets(self, items: list[Obj]) -> None:
-        self.cache.load_secrets(items)
-
     def forget_parsed_specs(self) -> None:
         self.cache.forget_parsed_specs()
 

@@ -1,10 +1,14 @@
 """The kopf handlers: register, configure, forward. Nothing else.
 
 Every handler is an async ``@kopf.on.event`` (sync ones would run in threads and race
-the queue): no finalizers, no diff-base annotations, no progress
-storage, so kopf itself writes nothing to the API. Secrets in particular must never get
-create/update handlers (the diff-base annotation would copy the private key into an
-annotation); they are watched with a server-side label selector instead.
+the queue): no finalizers, no diff-base annotations, no progress storage, so kopf itself
+writes nothing to the API.
+
+Certificates and Secrets are not watched through kopf at all but by the runtime's
+informers (`signet.controller.informer`): kopf's per-object path set the pace of a restart
+over 100,000 of them. Secrets in particular must never get kopf create/update handlers
+(the diff-base annotation would copy the private key into an annotation); the informer
+watches them with a server-side label selector and hands them to the runtime.
 """
 
 from __future__ import annotations
@@ -15,15 +19,12 @@ from typing import Any
 import kopf
 
 from signet.api import GROUP, VERSION
+from signet.controller.informer import LIST_PAGE
 from signet.controller.kubeapi import login_from_environment, open_session
 from signet.controller.pacing import ListPacer
 from signet.controller.runtime import Config, Runtime
-from signet.secretformat import layout
 
 logger = logging.getLogger(__name__)
-
-LIST_PAGE = 50
-"""Objects per list request (kopf's ``chunk_size``), and the pacer's unit."""
 
 
 def _runtime(memo: kopf.Memo) -> Runtime:
@@ -66,7 +67,6 @@ async def login(
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.enabled = False  # Signet posts its own Events (signet.observe.events)
     settings.persistence.diffbase_storage = NoEssence()
-    settings.watching.label_selectors["v1", "secrets"] = layout.SELECTOR
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
@@ -90,13 +90,6 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     runtime = memo.get("runtime")
     if runtime is not None:
         await runtime.stop()
-
-
-@kopf.on.event(GROUP, VERSION, "certificates")
-async def certificate(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    body = event["object"]
-    memo["pacer"].handled("certificates", body["metadata"].get("namespace"))
-    _runtime(memo).certificate_event(event.get("type"), dict(body))
 
 
 @kopf.on.event(GROUP, VERSION, "issuers")
@@ -125,13 +118,6 @@ async def certificate_request(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -
     body = event["object"]
     memo["pacer"].handled("certificaterequests", body["metadata"].get("namespace"))
     _runtime(memo).certificate_request_event(event.get("type"), dict(body))
-
-
-@kopf.on.event("v1", "secrets")
-async def secret(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    body = event["object"]
-    memo["pacer"].handled("secrets", body["metadata"].get("namespace"))
-    _runtime(memo).secret_event(event.get("type"), dict(body))
 
 
 @kopf.on.event("v1", "namespaces")

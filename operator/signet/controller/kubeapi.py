@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -102,10 +102,16 @@ def open_session(
     trace_configs: list[aiohttp.TraceConfig] | None = None,
 ) -> aiohttp.ClientSession:
     """An aiohttp session speaking to the apiserver as ``info`` says (TLS, credentials,
-    proxy); what kopf builds for itself, shared here so both sides connect alike."""
+    proxy); what kopf builds for itself, shared here so both sides connect alike.
+
+    It asks for uncompressed answers. The apiserver gzips any answer over 128 KiB that a
+    client accepts gzipped, which every page of a listing is; an operator runs next to its
+    apiserver, where compressing costs both ends more CPU than the bytes it saves cost the
+    network. kube-controller-manager and kube-scheduler turn it off for that reason
+    (client-go's ``DisableCompression``)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=connections, ssl=info.as_ssl_context()),
-        headers={**info.as_http_headers(), "User-Agent": "signet"},
+        headers={**info.as_http_headers(), "User-Agent": "signet", "Accept-Encoding": "identity"},
         proxy=info.proxy_url,
         trust_env=info.trust_env,
         timeout=timeout or aiohttp.ClientTimeout(total=None),
@@ -247,6 +253,40 @@ class KubeApi:
             )
             await asyncio.sleep(delay)
 
+    async def watch(
+        self, path: str, params: dict[str, str], idle_timeout: float
+    ) -> AsyncGenerator[Obj, None]:
+        """The events of one watch request, decoded, until the apiserver ends the stream.
+        Not retried: whether to watch again or list again is the caller's to decide. Raises
+        :class:`ApiError` when the apiserver refuses the watch, or the stream breaks or is
+        silent for ``idle_timeout`` seconds. A 401 logs in again once, as `request` does."""
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout.sock_connect, sock_read=idle_timeout
+        )
+        logged_in_again = False
+        while True:
+            session = self._session or self._connect()
+            try:
+                async with session.get(
+                    self._server + path, params=params, timeout=timeout
+                ) as response:
+                    if response.status == 200:
+                        async for line in _lines(response.content):
+                            yield _decode(200, line, 1)
+                        return
+                    if response.status != 401 or logged_in_again:
+                        message = _message(await response.read())
+                        raise ApiError(response.status, response.reason or "", message)
+            except TimeoutError as error:
+                raise ApiError(NO_ANSWER, TIMEOUT, _describe(error, idle_timeout)) from None
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as error:
+                raise ApiError(NO_ANSWER, CONNECTION_ERROR, _describe(error)) from None
+            except aiohttp.ClientError as error:
+                raise ApiError(NO_ANSWER, INVALID_RESPONSE, _describe(error)) from None
+            logger.warning("apiserver answered 401 to a watch; logging in again")
+            logged_in_again = True
+            await self.close()
+
     async def _get_or_none(self, path: str) -> Obj | None:
         try:
             return await self.request("GET", path)
@@ -294,20 +334,6 @@ class KubeApi:
     async def patch_secret(self, namespace: str, name: str, patch: Obj) -> Obj:
         path = _core_path("secrets", namespace, name)
         return await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
-
-    async def list_secrets(
-        self, label_selector: str, namespace: str | None = None, page: int = 200
-    ) -> AsyncIterator[list[Obj]]:
-        """Every Secret matching the selector (in one namespace, or all), a page at a time:
-        10,000 Secrets with their keys parsed at once would be the operator's memory peak."""
-        params = {"labelSelector": label_selector, "limit": str(page)}
-        while True:
-            result = await self.request("GET", _core_path("secrets", namespace), params=params)
-            yield result.get("items") or []
-            token = (result.get("metadata") or {}).get("continue")
-            if not token:
-                return
-            params = {**params, "continue": token}
 
     # ConfigMaps (trust bundles) ----------------------------------------------------------
     async def apply_configmap(
@@ -458,6 +484,27 @@ def _peering_kind(namespace: str | None) -> tuple[str, str]:
     if namespace:
         return "KopfPeering", "kopfpeerings"
     return "ClusterKopfPeering", "clusterkopfpeerings"
+
+
+def collection_path(group: str, version: str, plural: str, namespace: str | None) -> str:
+    """The path of a kind's objects in ``namespace`` (None: in all); "" is the core group."""
+    if group:
+        return _custom_path(group, version, plural, namespace)
+    return _path(f"/api/{version}", plural, namespace, None)
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """A stream's lines, however long: aiohttp's own line reader refuses lines over
+    128 KiB, and one Secret in a watch event can be longer."""
+    rest = b""
+    async for chunk in content.iter_any():
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            if line.strip():
+                yield line
+    if rest.strip():
+        yield rest
 
 
 def _core_path(plural: str, namespace: str | None, name: str | None = None) -> str:

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     # Importing registers the handlers with kopf's default registry.
-    from signet.controller import handlers, kopf_adapter
+    from signet.controller import handlers, kopf_adapter  # noqa: F401
+    from signet.controller.informer import LIST_PAGE
     from signet.controller.pacing import ListPacer
     from signet.controller.runtime import Config
 
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz"
         if args.health_port
         else None,
-        memo=kopf.Memo(config=config, pacer=ListPacer(handlers.LIST_PAGE)),
+        memo=kopf.Memo(config=config, pacer=ListPacer(LIST_PAGE)),
         **kopf_adapter.run_options(),
     )
     return 0

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from signet.api import GROUP, VERSION
 from signet.api.issuer import IssuerSpec
 from signet.controller.certificaterequests import CertificateRequestController
 from signet.controller.certificates import CertificateController
 from signet.controller.csrs import CsrController
+from signet.controller.informer import LIST_PAGE, Collection, Informer, Sink
 from signet.controller.issuers import IssuerController, IssuerId
 from signet.controller.kubeapi import ApiError, KubeApi, Obj
 from signet.controller.leadership import LeaderGate
@@ -174,12 +176,13 @@ class Runtime:
         self.trust_bundles = ClusterTrustBundlePublisher(self.api)
         self.issuers.trust_published = self._trust_published
         self.issuers.old_leaves = self.certificates.leaves_on
+        # Each watch holds its connection for minutes: a pool of its own, unbounded.
+        self.watch_api = KubeApi(connections=0)
+        self._informers: list[asyncio.Task[None]] = []
         # Fill the Secret summaries before any Certificate is looked at, so a restart does
         # not mistake "not seen yet" for "missing" and re-issue.
-        scopes: list[str | None] = list(config.namespaces) or [None]
-        for namespace in scopes:
-            async for page in self.api.list_secrets(layout.SELECTOR, namespace):
-                self.certificates.load_secrets(page)
+        secrets = self._inform("", "v1", "secrets", "Secret", self.secret_event, layout.SELECTOR)
+        await asyncio.gather(*(informer.listed.wait() for informer in secrets))
         if config.metrics_port:
             self.metrics.serve(config.metrics_port)
         self.leadership = LeaderGate(
@@ -215,6 +218,7 @@ class Runtime:
         except ApiError as error:  # not worth failing the start for
             logger.warning("ClusterTrustBundles not listed: %s; none withdrawn", error)
         await _say_whether_cert_manager_is_installed(self.api)
+        self._inform(GROUP, VERSION, "certificates", "Certificate", self.certificate_event)
         self._trimmer = asyncio.create_task(
             _trim_heap_when_quiet(
                 lambda: self.activity, before=self.certificates.forget_parsed_specs
@@ -289,8 +293,33 @@ class Runtime:
         certs = list(self.certificates.cache.issuer_links.targets)
         return sum(1 for ns, name in certs if shards.owns(shard_key("Certificate", ns, name)))
 
+    def _inform(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        kind: str,
+        sink: Sink,
+        label_selector: str | None = None,
+    ) -> list[Informer]:
+        """List and watch ``plural`` in every served namespace (or cluster-wide) into
+        ``sink``, here rather than through kopf (see `signet.controller.informer`)."""
+        started = []
+        scopes: list[str | None] = [*self.config.namespaces] or [None]
+        for namespace in scopes:
+            collection = Collection(group, version, plural, namespace, label_selector)
+            informer = Informer(self.watch_api, collection, sink, page=LIST_PAGE, kind=kind)
+            task = asyncio.create_task(informer.run(), name=f"signet-informer {collection}")
+            self._informers.append(task)
+            started.append(informer)
+        return started
+
     async def stop(self) -> None:
         self._trimmer.cancel()
+        for task in self._informers:
+            task.cancel()
+        await asyncio.gather(*self._informers, return_exceptions=True)
+        await self.watch_api.close()
         await self.leadership.stop()
         await self.queue.stop()
         if self.shards is not None:

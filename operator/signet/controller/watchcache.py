@@ -245,10 +245,6 @@ class WatchCache:
         for cert in self.secret_links.users(ident):
             self._wake(cert)
 
-    def load_secrets(self, items: list[Obj]) -> None:
-        for item in items:
-            self.observe_secret(item, deleted=False)
-
     def record_secret(self, ident: SecretId, body: Obj | None, *, ours: bool = False) -> None:
         """What a write returned (``ours``) or a read found (None: it does not exist)."""
         if body is None:
