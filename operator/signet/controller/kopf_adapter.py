@@ -2,11 +2,12 @@
 
 kopf remembers every watched object (a memo copy and the state of error throttling,
 daemons, timers, indexes and resume handlers) until it is deleted. Signet registers only
-``on.event`` handlers, which use none of that, and watches a Certificate and a Secret per
-identity: two memories per identity, kept for nothing, a large share of the operator's
-memory at scale. kopf has no public switch for it; ``kopf.run(memories=...)`` accepts a
-``ResourceMemories``, whose class lives in ``kopf._core``. kopf's own admission path
-recalls memories the same ephemeral way.
+``on.event`` handlers, which use none of that, and kopf watches a request object per pod
+certificate (PodCertificateRequests, CSRs, cert-manager's CertificateRequests): a memory per
+request, kept for nothing, a large share of the operator's memory at scale (Certificates
+and Secrets are not kopf's to watch: see `signet.controller.informer`). kopf has no public
+switch for it; ``kopf.run(memories=...)`` accepts a ``ResourceMemories``, whose class lives
+in ``kopf._core``. kopf's own admission path recalls memories the same ephemeral way.
 
 Everything private is imported here, and `tests/unit/test_kopf_adapter.py` fails loudly if
 a kopf upgrade moves or changes it, instead of the operator silently keeping memories.

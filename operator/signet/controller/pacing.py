@@ -2,10 +2,13 @@
 
 kopf lists a resource a page at a time (``settings.watching.chunk_size``) but hands every
 listed object to a per-object worker queue without waiting for the workers: the listing
-runs ahead of the handling. At a restart over 10,000 Certificates and their Secrets most
-of both listings is parsed and parked at once, tens of MiB of small dicts and strings
-that Python's allocator cannot give back afterwards because Signet's long-lived state was
-allocated between them. Pacing keeps at most about a page in flight per listing.
+runs ahead of the handling. At a restart over 10,000 requests (PodCertificateRequests,
+CSRs, cert-manager's CertificateRequests: what kopf still watches) most of a listing is
+parsed and parked at once, tens of MiB of small dicts and strings that Python's allocator
+cannot give back afterwards because Signet's long-lived state was allocated between them.
+Pacing keeps at most about a page in flight per listing. (Certificates and Secrets, the
+kinds a cluster holds most of, are listed by `signet.controller.informer`, which needs no
+pacing: it hands a page over before it asks for the next.)
 
 It plugs into kopf through its documented extension point, a custom aiohttp session
 (`kopf.AiohttpSession`), as a trace hook that runs before each request: a request for a
