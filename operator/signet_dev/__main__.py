@@ -7,7 +7,6 @@ and the operator's image does not carry it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 import threading
@@ -18,7 +17,10 @@ from signet_dev import LocalControlPlane
 
 def _cluster_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGINT explicitly too: a process started in the background of a shell without job
+    # control inherits SIGINT ignored, and Python then installs no KeyboardInterrupt for it.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     with LocalControlPlane(
         with_controller_manager=not args.no_controller_manager, with_node=args.node
     ) as plane:
@@ -26,8 +28,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
         if plane.node is not None:
             print(f"# node {plane.node.name} ({plane.node.ip}) is Ready", file=sys.stderr)
         print(f"# kube-apiserver {plane.server}; Ctrl-C stops and cleans up", file=sys.stderr)
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+        stop.wait()
     return 0
 
 

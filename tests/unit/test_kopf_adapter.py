@@ -35,10 +35,8 @@ def test_only_event_handlers_are_registered() -> None:
         "webhooks": [],
     }
     watched = {handler.selector.any_name for handler in registered["watching"]}
-    # Certificates and Secrets are the runtime's informers' (signet.controller.informer)
+    # Certificates, Secrets and issuers are the runtime's informers' (controller.informer)
     assert watched == {
-        "issuers",
-        "clusterissuers",
         "namespaces",
         "podcertificaterequests",
         "certificatesigningrequests",

@@ -4,11 +4,12 @@ Every handler is an async ``@kopf.on.event`` (sync ones would run in threads and
 the queue): no finalizers, no diff-base annotations, no progress storage, so kopf itself
 writes nothing to the API.
 
-Certificates and Secrets are not watched through kopf at all but by the runtime's
-informers (`signet.controller.informer`): kopf's per-object path set the pace of a restart
-over 100,000 of them. Secrets in particular must never get kopf create/update handlers
-(the diff-base annotation would copy the private key into an annotation); the informer
-watches them with a server-side label selector and hands them to the runtime.
+Certificates, Secrets and issuers are not watched through kopf at all but by the
+runtime's informers (`signet.controller.informer`): kopf's per-object path set the pace of
+a restart over 100,000 Certificates, and the runtime lists Secrets and issuers before
+Certificates, an order kopf's watchers do not keep. Secrets in particular must never get
+kopf create/update handlers (the diff-base annotation would copy the private key into an
+annotation); the informer watches them with a server-side label selector.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 import kopf
 
-from signet.api import GROUP, VERSION
 from signet.controller.informer import LIST_PAGE
 from signet.controller.kubeapi import login_from_environment, open_session
 from signet.controller.pacing import ListPacer
@@ -90,12 +90,6 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     runtime = memo.get("runtime")
     if runtime is not None:
         await runtime.stop()
-
-
-@kopf.on.event(GROUP, VERSION, "issuers")
-@kopf.on.event(GROUP, VERSION, "clusterissuers")
-async def issuer(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _runtime(memo).issuer_event(event.get("type"), dict(event["object"]))
 
 
 @kopf.on.event("certificates.k8s.io", "v1", "podcertificaterequests")

@@ -3,13 +3,15 @@
 Certificates and their Secrets are the two kinds a cluster holds by the ten thousand, and
 the runtime's handling of one watched object is a synchronous call of microseconds. kopf's
 path for a watched object is not: a worker task and queue per object, a memory record per
-object kept for the object's life, loggers, a body wrapper, a patch and handler invocation
+object recalled per event, loggers, a body wrapper, a patch and handler invocation
 per event. At 100,000 Certificates that path, not Signet's decision, set the pace of a
 restart, and a listing that paced itself on it outlived its continue token. So these two
 kinds are watched here the way client-go's reflector watches: list in pages, hand every
 listed object to the sink before asking for the next page (the handling is the
 backpressure, so at most a page is held), then watch from the list's resourceVersion with
-bookmarks, and list again when the apiserver says that version is gone (410).
+bookmarks, and list again when the apiserver says that version is gone (410). The issuers
+are watched here too, though few: the runtime lists them, and the Secrets, before it starts
+on the Certificates, an order kopf's independent watchers cannot promise.
 
 A relisting reports each object as listed again (event type None, kopf's convention for a
 listed object), never as deleted: an object deleted while the watch was down is not seen
@@ -139,7 +141,11 @@ class Informer:
                 page = await self._api.request("GET", self._collection.path, params=params)
             except ApiError as error:
                 if error.status == 410 and "continue" in params:
-                    # the listing outlived its snapshot (compacted): start it over
+                    logger.warning(
+                        "the listing of %s outlived its continue token (410 Gone; its snapshot "
+                        "was compacted away); listing again from the start",
+                        self._collection,
+                    )
                     raise VersionGone from None
                 raise
             for item in page.get("items") or ():

@@ -179,10 +179,22 @@ class Runtime:
         # Each watch holds its connection for minutes: a pool of its own, unbounded.
         self.watch_api = KubeApi(connections=0)
         self._informers: list[asyncio.Task[None]] = []
-        # Fill the Secret summaries before any Certificate is looked at, so a restart does
-        # not mistake "not seen yet" for "missing" and re-issue.
-        secrets = self._inform("", "v1", "secrets", "Secret", self.secret_event, layout.SELECTOR)
-        await asyncio.gather(*(informer.listed.wait() for informer in secrets))
+        # Fill the Secret summaries and learn the issuers before any Certificate is looked
+        # at, so a restart does not mistake "not seen yet" for "missing" (and re-issue) or
+        # for "no such issuer" (and report it).
+        first = [
+            *self._inform("", "v1", "secrets", "Secret", self.secret_event, layout.SELECTOR),
+            *self._inform(GROUP, VERSION, "issuers", "Issuer", self.issuer_event),
+            *self._inform(
+                GROUP,
+                VERSION,
+                "clusterissuers",
+                "ClusterIssuer",
+                self.issuer_event,
+                cluster_scoped=True,
+            ),
+        ]
+        await asyncio.gather(*(informer.listed.wait() for informer in first))
         if config.metrics_port:
             self.metrics.serve(config.metrics_port)
         self.leadership = LeaderGate(
@@ -301,12 +313,14 @@ class Runtime:
         kind: str,
         sink: Sink,
         label_selector: str | None = None,
+        *,
+        cluster_scoped: bool = False,
     ) -> list[Informer]:
         """List and watch ``plural`` in every served namespace (or cluster-wide) into
         ``sink``, here rather than through kopf (see `signet.controller.informer`)."""
         started = []
         scopes: list[str | None] = [*self.config.namespaces] or [None]
-        for namespace in scopes:
+        for namespace in [None] if cluster_scoped else scopes:
             collection = Collection(group, version, plural, namespace, label_selector)
             informer = Informer(self.watch_api, collection, sink, page=LIST_PAGE, kind=kind)
             task = asyncio.create_task(informer.run(), name=f"signet-informer {collection}")
