@@ -1,11 +1,13 @@
 """The few Kubernetes API calls the controller makes, as plain-dict coroutines.
 
-kopf owns the watches; this owns the writes. It speaks to the apiserver the way kopf does:
-aiohttp on the operator's event loop, with credentials from kopf's own login functions
-(the projected ServiceAccount token in a pod, else the kubeconfig). The official
-``kubernetes`` client is not used here on purpose: it is synchronous (every call a thread
-hop), turns responses into generated model objects, and importing it costs the operator
-about 45 MiB of its 200 MiB budget (see ``bench/README.md``).
+kopf owns the watches of a few kinds; this owns the writes and the informer's lists and
+watches (`signet.controller.informer`: Certificates, Secrets, issuers). It speaks to the
+apiserver the way kopf does: aiohttp on the operator's event loop, with credentials from
+kopf's own login functions (the projected ServiceAccount token in a pod, else the
+kubeconfig). The official ``kubernetes`` client is not used here on purpose: it is
+synchronous (every call a thread hop), turns responses into generated model objects, and
+importing it costs the operator about 45 MiB of its 200 MiB budget (see
+``bench/README.md``).
 
 Like client-go, a call rides out what a healthy control plane does now and then (an
 apiserver restarting behind a load balancer, priority-and-fairness answering 429, an idle
