@@ -15,7 +15,7 @@ import kubernetes
 import pytest
 
 from signet.controller.informer import Collection, Informer
-from signet.controller.kubeapi import KubeApi, login_from_environment
+from signet.controller.kubeapi import KubeApi
 from tests.faultproxy import FaultProxy
 from tests.kube import Kube
 
@@ -41,14 +41,6 @@ class Seen(list[tuple[str | None, str]]):
             while len(self) < count:
                 self._grown.clear()
                 await self._grown.wait()
-
-
-@pytest.fixture
-def proxied(apiserver_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> kopf.ConnectionInfo:
-    monkeypatch.setenv("KUBECONFIG", str(apiserver_proxy.kubeconfig))
-    info = login_from_environment()
-    assert info is not None
-    return info
 
 
 def _create(kube: Kube, namespace: str, name: str, labelled: bool = True) -> None:

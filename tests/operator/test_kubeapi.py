@@ -117,15 +117,6 @@ SECRETS = "/api/v1/namespaces/*/secrets"
 DEFAULT = "/api/v1/namespaces/default"
 
 
-@pytest.fixture
-def proxied(apiserver_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> kopf.ConnectionInfo:
-    """The admin's credentials, with the fault proxy as the server."""
-    monkeypatch.setenv("KUBECONFIG", str(apiserver_proxy.kubeconfig))
-    info = login_from_environment()
-    assert info is not None
-    return info
-
-
 def _secret(name: str) -> dict[str, Any]:
     return {"metadata": {"name": name}, "type": "Opaque", "stringData": {"k": "v"}}
 
