@@ -32,14 +32,6 @@ pytestmark = pytest.mark.cluster
 T = TypeVar("T")
 
 
-@pytest.fixture
-def admin(kube: Kube, monkeypatch: pytest.MonkeyPatch) -> kopf.ConnectionInfo:
-    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
-    info = login_from_environment()
-    assert info is not None
-    return info
-
-
 def run(use: Callable[[KubeApi], Awaitable[T]], login: Callable[[], Any], **options: Any) -> T:
     async def main() -> T:
         api = KubeApi(login, **options)

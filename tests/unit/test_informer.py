@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from signet.controller.informer import Collection, Informer, VersionGone
-from signet.controller.kubeapi import ApiError, KubeApi
+from signet.controller.kubeapi import ApiError, KubeApi, jittered_backoff
 
 Seen = list[tuple[str | None, str]]
 
@@ -80,3 +80,14 @@ def test_any_other_error_event_is_an_api_error_naming_the_apiserver_message() ->
 )
 def test_collection_paths(collection: Collection, path: str, api_version: str) -> None:
     assert (collection.path, collection.api_version) == (path, api_version)
+
+
+@pytest.mark.parametrize(
+    ("failures", "low", "high"), [(1, 0.5, 1.0), (2, 1.0, 2.0), (3, 2.0, 4.0), (9, 15.0, 30.0)]
+)
+def test_backoff_doubles_up_to_its_ceiling_and_lands_in_its_upper_half(
+    failures: int, low: float, high: float
+) -> None:
+    waits = [jittered_backoff(failures, 1.0, 30.0) for _ in range(200)]
+    assert all(low <= wait <= high for wait in waits)
+    assert max(waits) - min(waits) > (high - low) / 4  # jittered, not one value

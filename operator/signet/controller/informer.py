@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from signet.controller.kubeapi import ApiError, KubeApi, Obj, collection_path
+from signet.controller.kubeapi import (
+    ApiError,
+    KubeApi,
+    Obj,
+    collection_path,
+    jittered_backoff,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +130,7 @@ class Informer:
                     self._version = None
                     continue
                 self._failures += 1
-                ceiling = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (self._failures - 1))
-                delay = random.uniform(ceiling / 2, ceiling)
+                delay = jittered_backoff(self._failures, FIRST_BACKOFF_S, MAX_BACKOFF_S)
                 then = "listing" if self._version is None else "watching"
                 logger.warning("%s: %s; %s again in %.1fs", self._collection, error, then, delay)
                 await asyncio.sleep(delay)

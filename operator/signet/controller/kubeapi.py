@@ -239,8 +239,7 @@ class KubeApi:
             if retry_after is not None:
                 delay = min(retry_after, self._max_retry_after)
             else:
-                ceiling = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-                delay = random.uniform(ceiling / 2, ceiling)
+                delay = jittered_backoff(attempt, self._backoff, self._max_backoff)
             budget = min(self._request_timeout, deadline - loop.time() - delay)
             if budget < min(self._request_timeout, MIN_RETRY_TIMEOUT):
                 raise failure  # out of time: a retry this short would only add load
@@ -486,6 +485,13 @@ def _peering_kind(namespace: str | None) -> tuple[str, str]:
     if namespace:
         return "KopfPeering", "kopfpeerings"
     return "ClusterKopfPeering", "clusterkopfpeerings"
+
+
+def jittered_backoff(failures: int, first: float, most: float) -> float:
+    """The wait after ``failures`` failures in a row: doubling from ``first`` up to ``most``,
+    then a random point in its upper half, so that many waiters do not come back in step."""
+    ceiling = min(most, first * 2 ** (failures - 1))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def collection_path(group: str, version: str, plural: str, namespace: str | None) -> str:
