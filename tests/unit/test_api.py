@@ -159,6 +159,49 @@ def test_content_hash_ignores_what_costs_no_signature() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        (
+            {"issuerRef": {"name": "ca"}, "secretName": "s", "x509": {"dnsNames": ["a.b.svc"]}},
+            "86160b21826f89c865fe",
+        ),
+        (
+            {
+                "issuerRef": {"name": "ca", "kind": "ClusterIssuer"},
+                "secretName": "s",
+                "duration": "48h",
+                "privateKey": {"algorithm": "RSA", "size": 3072},
+                "x509": {
+                    "commonName": "a",
+                    "subject": {"organizations": ["Org"], "postalCodes": ["123"]},
+                    "uris": ["spiffe://cluster.local/ns/a/sa/b"],
+                    "usages": ["client auth"],
+                },
+            },
+            "bebb828be5cd2b7e54c9",
+        ),
+        (
+            {
+                "issuerRef": {"name": "ca"},
+                "secretName": "s",
+                "ssh": {
+                    "type": "user",
+                    "principals": ["ns-a"],
+                    "keyId": "k",
+                    "sourceAddress": ["10.0.0.0/8"],
+                },
+            },
+            "3b307a6f34056342a25c",
+        ),
+    ],
+)
+def test_content_hash_is_the_one_secrets_already_carry(raw: dict[str, Any], stored: str) -> None:
+    """Every issued Secret stores the hash: a new value for the same spec would re-issue
+    every Certificate on upgrade."""
+    assert parse_certificate_spec(raw).content_hash() == stored
+
+
 def test_issuer_spec() -> None:
     spec = parse_issuer_spec(
         "Issuer",

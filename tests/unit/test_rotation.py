@@ -5,6 +5,7 @@ restarted operator resumes from."""
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 
 import pytest
 
@@ -31,6 +32,7 @@ def facts(
     published: bool = True,
     leaves: dict[str, int] | None = None,
     unreissuable: datetime.timedelta = datetime.timedelta(0),
+    known: bool = True,
 ) -> Facts:
     counts = leaves or {}
     return Facts(
@@ -38,6 +40,7 @@ def facts(
         trust_published=lambda anchors: published,
         old_leaves=lambda key: counts.get(key, 0),
         unreissuable_lifetime=unreissuable,
+        certificates_known=known,
     )
 
 
@@ -94,6 +97,23 @@ def test_reissuing_counts_progress_until_no_old_leaf_remains() -> None:
     assert done.transition is Reason.ROTATION_RETIRING
     assert done.rollover is not None and done.rollover.retire_after == at(80)
     assert done.anchors == (NEW, OLD)
+
+
+def test_a_restart_does_not_count_before_every_certificate_is_listed() -> None:
+    """Unlisted Certificates look like no leaves and no bundles: without the wait a
+    restarted operator would retire an anchor some leaves still need."""
+    published = run(None, NEW, facts(T0)).rollover
+    assert published is not None
+    due = replace(published, trust_published_at=T0)
+    for recorded, signing_key in ((due, "k/1"), (reissuing(), "k/2")):
+        held = run(recorded, NEW, facts(at(100), known=False), signing=OLD)
+        assert held.rollover == recorded and held.transition is None
+        assert held.signing_key == signing_key
+        assert held.next_look == at(101)
+        assert "waiting for every Certificate to be listed" in held.message
+    moved = run(due, NEW, facts(at(100), leaves={"k/1": 3}))
+    assert moved.transition is Reason.ROTATION_REISSUING and moved.rollover is not None
+    assert moved.rollover.leaves == 3
 
 
 def test_retirement_outlives_the_longest_pod_certificate_signed_by_the_old_key() -> None:

@@ -13,7 +13,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from signet.api.duration import parse_duration
@@ -175,11 +175,11 @@ class CertificateSpec:
     @functools.cached_property
     def _content_hash(self) -> str:
         shaped = {
-            "issuer": asdict(self.issuer_ref),
+            "issuer": _shape(self.issuer_ref),
             "duration": self.duration.total_seconds(),
             "key": [self.private_key.algorithm, self.private_key.size],
             "x509": _x509_shape(self.x509) if self.x509 else None,
-            "ssh": asdict(self.ssh) if self.ssh else None,
+            "ssh": _shape(self.ssh) if self.ssh else None,
         }
         encoded = json.dumps(shaped, sort_keys=True, default=str).encode()
         return hashlib.sha256(encoded).hexdigest()[:20]
@@ -194,8 +194,18 @@ _LATER_SUBJECT_FIELDS = {"street_addresses": (), "postal_codes": (), "serial_num
 spec that does not use them keeps the hash its Secret carries (no re-issue on upgrade)."""
 
 
+def _shape(spec: Any) -> dict[str, Any]:
+    """The fields of a spec dataclass, nested ones as dicts: what ``asdict`` gives once
+    serialized, without its deep copies (a restart hashes every Certificate's spec)."""
+    shaped = {}
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        shaped[f.name] = _shape(value) if is_dataclass(value) else value
+    return shaped
+
+
 def _x509_shape(spec: X509Spec) -> dict[str, Any]:
-    shaped = asdict(spec)
+    shaped = _shape(spec)
     subject = shaped["subject"]
     for name, unset in _LATER_SUBJECT_FIELDS.items():
         if subject[name] == unset:

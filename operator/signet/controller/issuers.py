@@ -123,6 +123,9 @@ class IssuerController:
         """Whether every bundle of the issuer holds this trust set (set by the runtime)."""
         self.old_leaves: Callable[[IssuerId, str], int] = lambda *_: 0
         """Leaves of the issuer's Certificates signed by a key version, still valid."""
+        self.certificates_known: Callable[[], bool] = lambda: True
+        """Whether every Certificate has been listed since the start (set by the runtime):
+        the two answers above count only the Certificates seen so far."""
         self.leads: Callable[[IssuerId], bool] = lambda _: True
         """Whether this replica writes the issuer's status and Events and may bootstrap its
         CA. With sharding only the issuer's owner does; the other replicas resolve the
@@ -341,6 +344,7 @@ class IssuerController:
             trust_published=lambda anchors: self.trust_published(ident, TrustSet.of(anchors), spec),
             old_leaves=lambda key_version: self.old_leaves(ident, key_version),
             unreissuable_lifetime=rollover.unreissuable_lifetime(spec),
+            certificates_known=self.certificates_known(),
         )
         return rotation.step(recorded, signing, wanted, spec.rotation, facts, overlap=self._overlap)
 

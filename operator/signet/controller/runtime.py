@@ -176,6 +176,11 @@ class Runtime:
         self.trust_bundles = ClusterTrustBundlePublisher(self.api)
         self.issuers.trust_published = self._trust_published
         self.issuers.old_leaves = self.certificates.leaves_on
+        self._certificate_informers: list[Informer] = []
+        self.issuers.certificates_known = lambda: (
+            bool(self._certificate_informers)
+            and all(informer.listed.is_set() for informer in self._certificate_informers)
+        )
         # Each watch holds its connection for minutes: a pool of its own, unbounded.
         self.watch_api = KubeApi(connections=0)
         self._informers: list[asyncio.Task[None]] = []
@@ -230,7 +235,9 @@ class Runtime:
         except ApiError as error:  # not worth failing the start for
             logger.warning("ClusterTrustBundles not listed: %s; none withdrawn", error)
         await _say_whether_cert_manager_is_installed(self.api)
-        self._inform(GROUP, VERSION, "certificates", "Certificate", self.certificate_event)
+        self._certificate_informers = self._inform(
+            GROUP, VERSION, "certificates", "Certificate", self.certificate_event
+        )
         self._trimmer = asyncio.create_task(
             _trim_heap_when_quiet(
                 lambda: self.activity, before=self.certificates.forget_parsed_specs

@@ -100,6 +100,10 @@ class Facts:
     unreissuable_lifetime: datetime.timedelta = datetime.timedelta(0)
     """The longest pod certificate or CSR lifetime the issuer grants: those leaves are
     renewed by their requesters, not by Signet, so the old anchor outlives them."""
+    certificates_known: bool = True
+    """Whether every Certificate has been seen since this process started. Until then the
+    two answers above may come from a partial picture (no leaves, no bundles to publish),
+    and a restarted operator would call a rollover done that is not."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,8 @@ def _propagating(
             now,
         )
     current = replace(recorded, target=wanted)
+    if not facts.certificates_known:
+        return _unknown(current, old, facts)
     if not facts.trust_published(current.anchors):
         return Step(
             replace(current, trust_published_at=None),
@@ -250,6 +256,8 @@ def _propagating(
 def _reissuing(recorded: Rollover, settings: RotationSettings, facts: Facts, queued: str) -> Step:
     now = facts.now
     old, new = recorded.retiring.key_version, recorded.target.key_version
+    if not facts.certificates_known:
+        return _unknown(recorded, new, facts)
     remaining = facts.old_leaves(old)
     leaves = recorded.leaves if recorded.leaves is not None else remaining
     current = replace(recorded, leaves=max(leaves, remaining), remaining=remaining)
@@ -269,6 +277,16 @@ def _reissuing(recorded: Rollover, settings: RotationSettings, facts: Facts, que
         f"{queued}",
         Reason.ROTATION_RETIRING,
         retire_after,
+    )
+
+
+def _unknown(recorded: Rollover, signing_key: str, facts: Facts) -> Step:
+    """The phase as recorded, looked at again once the Certificates may have been listed."""
+    return Step(
+        recorded,
+        signing_key,
+        f"{recorded.phase}: waiting for every Certificate to be listed",
+        next_look=facts.now + PUBLISH_POLL,
     )
 
 
