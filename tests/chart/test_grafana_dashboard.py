@@ -1,7 +1,7 @@
 """The Grafana dashboard shipped with the chart: a well-formed dashboard, rendered as a
 sidecar-labelled ConfigMap only when asked for, and naming only metrics Signet exports.
 
-The metric check runs twice: against a fresh ``Metrics().registry`` (no cluster needed) and
+The metric check runs twice: against a fresh ``Metrics().collect()`` (no cluster needed) and
 against a scrape of the running operator (which also shows whether process_* metrics exist).
 """
 
@@ -117,7 +117,7 @@ def unknown_metrics(board: dict[str, Any], exported: set[str]) -> dict[str, set[
 
 
 def registry_names() -> set[str]:
-    return sample_names(Metrics().registry.collect())
+    return sample_names(Metrics().collect())
 
 
 def test_dashboard_is_well_formed() -> None:

@@ -1,7 +1,7 @@
 """The alerts shipped with the chart (files/prometheus-rules.yaml, rendered into a
 PrometheusRule): promtool checks the rules as helm renders them and runs their unit tests
 (prometheus-rules-test.yaml), every alert has a runbook section, and every metric the rules
-read is one the operator exports (a fresh ``Metrics().registry`` and a live scrape).
+read is one the operator exports (a fresh ``Metrics().collect()`` and a live scrape).
 """
 
 from __future__ import annotations
@@ -250,14 +250,14 @@ def test_metric_names_are_extracted_from_the_rules() -> None:
 def test_a_rule_naming_a_metric_signet_lacks_is_caught() -> None:
     groups = rule_groups()
     groups["groups"][0]["rules"][0]["expr"] = "rate(signet_bogus_total[5m]) > 0"
-    exported = sample_names(Metrics().registry.collect())
+    exported = sample_names(Metrics().collect())
     first = groups["groups"][0]["rules"][0]["alert"]
     assert unknown_metrics(groups, exported) == {"signet_bogus_total": {first}}
 
 
 def test_every_rule_metric_is_registered_by_signet() -> None:
     groups = rule_groups()
-    exported = sample_names(Metrics().registry.collect())
+    exported = sample_names(Metrics().collect())
     assert "signet_certificate_requests_total" in exported
     assert "signet_signatures_undelivered" in exported
     assert len(rule_metrics(groups)) >= 10
@@ -269,7 +269,7 @@ def test_every_rule_metric_is_exported_by_the_running_operator(
     signet_operator: OperatorProcess,
 ) -> None:
     scraped = sample_names(text_string_to_metric_families(signet_operator.metrics()))
-    assert sample_names(Metrics().registry.collect()) <= scraped
+    assert sample_names(Metrics().collect()) <= scraped
     assert unknown_metrics(rule_groups(), scraped) == {}
 
 

@@ -1,7 +1,7 @@
 """Prometheus metrics, named after cert-manager's with a ``signet_`` prefix.
 
 Per-certificate gauges are produced at scrape time from one small record per Certificate
-(a custom collector), instead of 40,000 labelled children kept alive in the client
+(`signet.observe.certmetrics`), instead of 40,000 labelled children kept alive in the client
 library: dashboards get the same series, the operator keeps a fraction of the memory.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,64 +17,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
-    start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.core import Metric
 
-CertKey = tuple[str, str]
-
-
-@dataclass(slots=True)
-class CertificateRecord:
-    """One per Certificate for the operator's life, hence slotted."""
-
-    issuer_name: str
-    issuer_kind: str
-    ready: str = "Unknown"
-    not_before: float | None = None
-    not_after: float | None = None
-    renewal: float | None = None
-
-
-class _CertificateCollector(Collector):
-    def __init__(self, records: dict[CertKey, CertificateRecord]) -> None:
-        self._records = records
-
-    def collect(self) -> Iterator[Metric]:
-        labels = ["namespace", "name", "issuer_name", "issuer_kind"]
-        expiration = GaugeMetricFamily(
-            "signet_certificate_expiration_timestamp_seconds",
-            "The date after which the certificate expires, as Unix time.",
-            labels=labels,
-        )
-        not_before = GaugeMetricFamily(
-            "signet_certificate_not_before_timestamp_seconds",
-            "The date before which the certificate is not valid, as Unix time.",
-            labels=labels,
-        )
-        renewal = GaugeMetricFamily(
-            "signet_certificate_renewal_timestamp_seconds",
-            "The time Signet will renew the certificate, as Unix time.",
-            labels=labels,
-        )
-        ready = GaugeMetricFamily(
-            "signet_certificate_ready_status",
-            "The Ready condition of the certificate (1 for the current status).",
-            labels=[*labels, "condition"],
-        )
-        for (namespace, name), record in list(self._records.items()):
-            values = [namespace, name, record.issuer_name, record.issuer_kind]
-            if record.not_after is not None:
-                expiration.add_metric(values, record.not_after)
-            if record.not_before is not None:
-                not_before.add_metric(values, record.not_before)
-            if record.renewal is not None:
-                renewal.add_metric(values, record.renewal)
-            for condition in ("True", "False", "Unknown"):
-                ready.add_metric([*values, condition], 1.0 if record.ready == condition else 0.0)
-        yield from (expiration, not_before, renewal, ready)
-
+from signet.observe.certmetrics import CertificateRecord, CertificateSeries, CertKey
+from signet.observe.exposition import metrics_app, serve
 
 ROTATION_PHASES = ("Stable", "Propagating", "Reissuing", "Retiring")
 """The phases of `signet.decisions.rotation.Phase` (observe sits below decisions)."""
@@ -90,7 +36,7 @@ class Metrics:
         # alerts on the operator itself read.
         ProcessCollector(registry=self.registry)
         self.certificates: dict[CertKey, CertificateRecord] = {}
-        self.registry.register(_CertificateCollector(self.certificates))
+        self.certificate_series = CertificateSeries(self.certificates)
         self.issuances = Counter(
             "signet_certificate_issuances",
             "Issuance attempts by result (success, failure, denied) and trigger reason.",
@@ -226,5 +172,10 @@ class Metrics:
             with contextlib.suppress(KeyError):
                 self.rotation_phase.remove(*issuer, each)
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a pod port
-        start_http_server(port, addr=address, registry=self.registry)
+    def collect(self) -> Iterator[Metric]:
+        """Every family /metrics exports, the per-certificate ones included."""
+        yield from self.registry.collect()
+        yield from self.certificate_series.collect()
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> int:  # noqa: S104 - a pod port
+        return serve(metrics_app(self.registry, self.certificate_series), port, address)
