@@ -15,6 +15,7 @@ from prometheus_client.core import Metric
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
+from signet.observe.certmetrics import READY
 from signet.observe.metrics import Metrics
 
 Sample = tuple[str, tuple[tuple[str, str], ...], float]
@@ -82,6 +83,10 @@ def test_the_text_format_says_what_the_client_library_would(scraped: tuple[Metri
         ("condition", "False"), ("issuer_kind", "ClusterIssuer"),
         ("issuer_name", 'quote"back\\slash\nline'), ("name", "odd"), ("namespace", "ns-b"),
     ), 1.0) in written  # fmt: skip
+    # the Ready lines to the byte, label order included: people grep for them
+    ready = {line for line in body.decode().splitlines() if line.startswith(READY)}
+    own = generate_latest(_Families(metrics)).decode().splitlines()
+    assert ready == {line for line in own if line.startswith(READY)}
     expiry = [s for s in written if s[0] == "signet_certificate_expiration_timestamp_seconds"]
     assert [value for *_, value in expiry] == [(T + datetime.timedelta(hours=24)).timestamp()]
 

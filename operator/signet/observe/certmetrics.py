@@ -101,7 +101,7 @@ class CertificateSeries:
             yield f"# HELP {READY} {_READY_HELP}\n# TYPE {READY} gauge\n"
             for start in range(0, len(records), _CHUNK):
                 yield "".join(
-                    f'{READY}{{{labels},condition="{condition}"}} '
+                    f'{READY}{{condition="{condition}",{labels}}} '
                     f"{'1.0' if record.ready == condition else '0.0'}\n"
                     for key, record in records[start : start + _CHUNK]
                     for labels in (_labels(key, record),)
@@ -110,8 +110,9 @@ class CertificateSeries:
 
 
 def _labels(key: CertKey, record: CertificateRecord) -> str:
+    """In name order, as prometheus_client writes them (and people grep for them)."""
     namespace, name = key
     return (
-        f'namespace="{_escape(namespace)}",name="{_escape(name)}",'
-        f'issuer_name="{_escape(record.issuer_name)}",issuer_kind="{_escape(record.issuer_kind)}"'
+        f'issuer_kind="{_escape(record.issuer_kind)}",issuer_name="{_escape(record.issuer_name)}",'
+        f'name="{_escape(name)}",namespace="{_escape(namespace)}"'
     )
