@@ -38,7 +38,6 @@ _TIMESTAMPS = (
     ),
 )
 _READY_HELP = "The Ready condition of the certificate (1 for the current status)."
-NAMES = frozenset([*(name for name, _, _ in _TIMESTAMPS), READY])
 _CHUNK = 1000
 """Certificates per piece of the exposition: a scrape never holds the whole text."""
 

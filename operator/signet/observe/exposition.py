@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import gzip_accepted
 
 from signet.observe.certmetrics import CertificateSeries
 
@@ -45,7 +46,7 @@ def metrics_app(registry: CollectorRegistry, certificates: CertificateSeries) ->
         if body.endswith(_EOF):
             body, closing = body[: -len(_EOF)], _EOF
         pieces = _chain(body, certificates.exposition(wanted), closing)
-        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
             headers = [*headers, ("Content-Encoding", "gzip")]
             pieces = _gzipped(pieces)
         start_response(status, headers)
