@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 
-from signet.controller.leadership import LeaderGate, is_leader
+from signet.controller.leadership import JOIN_GRACE, LeaderGate, is_leader, may_start_leading
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
 
@@ -27,6 +27,16 @@ def test_highest_live_priority_leads() -> None:
 def test_dead_peers_do_not_count_and_garbage_is_ignored() -> None:
     status = {"a": _peer(99, 120), "b": _peer(10, 5), "c": "junk", "d": {"priority": 100}}
     assert is_leader(status, 10, NOW)
+
+
+def test_a_newcomer_that_outranks_the_acting_peer_waits_for_it_to_stand_down() -> None:
+    """Until the incumbent reads the peering again, both would act and both would sign."""
+    status = {"old": _peer(10, 1), "new": _peer(20, 0)}
+    assert not may_start_leading(status, 20, NOW, joined_for=JOIN_GRACE - 0.1)
+    assert may_start_leading(status, 20, NOW, joined_for=JOIN_GRACE)
+    assert not may_start_leading(status, 10, NOW, joined_for=3600)  # outranked: never
+    alone = {"new": _peer(20, 0), "gone": _peer(10, 120)}
+    assert may_start_leading(alone, 20, NOW, joined_for=0)  # no live peer to wait for
 
 
 def test_alone_leads() -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,21 +22,41 @@ from signet.controller.kubeapi import ApiError, KubeApi
 logger = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 2.0
+JOIN_GRACE = 3 * CHECK_INTERVAL
+"""How long a replica that joins live peers stays standby: long enough for the one acting
+to read the peering again and stand down if the newcomer outranks it. Without it both
+act until the incumbent's next check, and both sign the same Certificates."""
 
 
-def is_leader(status: dict[str, Any], priority: int, now: datetime.datetime) -> bool:
-    """True when no live peer in a kopf peering status outranks ``priority``."""
+def _live_priorities(status: dict[str, Any], now: datetime.datetime) -> list[int]:
+    live = []
     for peer in status.values():
         if not isinstance(peer, dict):
             continue
         try:
             lastseen = datetime.datetime.fromisoformat(str(peer["lastseen"]))
             deadline = lastseen + datetime.timedelta(seconds=int(peer.get("lifetime", 60)))
-            if deadline > now and int(peer.get("priority", 0)) > priority:
-                return False
+            if deadline > now:
+                live.append(int(peer.get("priority", 0)))
         except (KeyError, ValueError, TypeError):
             continue
-    return True
+    return live
+
+
+def is_leader(status: dict[str, Any], priority: int, now: datetime.datetime) -> bool:
+    """True when no live peer in a kopf peering status outranks ``priority``."""
+    return all(other <= priority for other in _live_priorities(status, now))
+
+
+def may_start_leading(
+    status: dict[str, Any], priority: int, now: datetime.datetime, joined_for: float
+) -> bool:
+    """Whether a replica that is not acting yet may begin: it leads, and either no other
+    peer is alive or it has been in the peering for `JOIN_GRACE` seconds."""
+    if not is_leader(status, priority, now):
+        return False
+    others = [other for other in _live_priorities(status, now) if other != priority]
+    return not others or joined_for >= JOIN_GRACE
 
 
 class LeaderGate:
@@ -58,6 +79,7 @@ class LeaderGate:
         self._priority = priority
         self.leader = peering is None
         self._task: asyncio.Task[None] | None = None
+        self._joined = time.monotonic()
 
     async def start(self) -> None:
         if self._peering is None:
@@ -84,7 +106,12 @@ class LeaderGate:
             self.leader = False
             return
         status = (body or {}).get("status") or {}
-        leader = is_leader(status, self._priority, datetime.datetime.now(datetime.UTC))
+        now = datetime.datetime.now(datetime.UTC)
+        if self.leader:
+            leader = is_leader(status, self._priority, now)
+        else:
+            joined_for = time.monotonic() - self._joined
+            leader = may_start_leading(status, self._priority, now, joined_for)
         if leader != self.leader:
             logger.warning(
                 "peering %s: this replica is now %s",
