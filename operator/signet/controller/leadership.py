@@ -53,10 +53,10 @@ def may_start_leading(
 ) -> bool:
     """Whether a replica that is not acting yet may begin: it leads, and either no other
     peer is alive or it has been in the peering for `JOIN_GRACE` seconds."""
-    if not is_leader(status, priority, now):
+    live = _live_priorities(status, now)
+    if any(other > priority for other in live):
         return False
-    others = [other for other in _live_priorities(status, now) if other != priority]
-    return not others or joined_for >= JOIN_GRACE
+    return all(other == priority for other in live) or joined_for >= JOIN_GRACE
 
 
 class LeaderGate:
