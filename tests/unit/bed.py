@@ -24,10 +24,11 @@ from signet.kms.emulator import Counters, EmulatorServer
 from signet.kms.limiter import SignLimiter
 from signet.observe.audit import AuditLog
 from signet.observe.events import EventPoster
+from signet.pki import x509 as pki_x509
 from tests.kms_fixtures import KeyFactory
 from tests.recorded_kube import Key, Obj, RecordedKube
 
-__all__ = ["ControllerBed", "RequestBed", "bed_fixture", "key", "signs"]
+__all__ = ["ControllerBed", "RequestBed", "bed_fixture", "break_builder", "key", "signs"]
 
 B = TypeVar("B", bound="ControllerBed")
 T = TypeVar("T")
@@ -155,3 +156,16 @@ def key(kms_key_factory: KeyFactory) -> str:
 def signs(counters: Counters, key_version: str) -> int:
     """Signatures KMS made with ``key_version``, by its own count."""
     return counters.count("AsymmetricSign", key_version, "OK")
+
+
+def break_builder(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make the leaf builder raise once the real one has signed through KMS and built
+    (the real builder has no switch to fail after the signature); returns the repair."""
+    real = pki_x509.build_leaf
+
+    def build_then_fail(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise ValueError("encoding failed")
+
+    monkeypatch.setattr(pki_x509, "build_leaf", build_then_fail)
+    return lambda: monkeypatch.setattr(pki_x509, "build_leaf", real)

@@ -19,11 +19,12 @@ from signet.controller.certificates import CertificateController
 from signet.controller.issuers import IssuerId
 from signet.controller.trust import TrustPublisher
 from signet.kms.emulator import Counters, Faults
+from signet.observe.audit import record_hash
 from signet.observe.metrics import Metrics
 from tests.kms_fixtures import KeyFactory
 from tests.operator.harness import certificate_manifest, issuer_manifest
 from tests.recorded_kube import RecordedKube
-from tests.unit.bed import ControllerBed, bed_fixture, key
+from tests.unit.bed import ControllerBed, bed_fixture, break_builder, key
 from tests.unit.bed import signs as _signs
 
 __all__ = ["bed", "key"]  # fixtures, used by name
@@ -273,6 +274,32 @@ def test_a_kept_certificate_for_an_old_spec_is_discarded_and_audited(
 
     bed(scenario)
     assert _signs(kms_counters, key) == 3
+
+
+def test_a_certificate_that_fails_to_build_after_kms_signed_is_audited_as_discarded(
+    bed: Any, key: str, kms_counters: Counters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The builder failing after KMS answered (a fault the real builder has no switch
+    for, so the real one runs and then raises): the spent signature still has its record
+    and a delivery record saying why no certificate came of it; nothing is written."""
+
+    async def scenario(bed: Bed) -> None:
+        await bed.start(key)
+        break_builder(monkeypatch)
+        await bed.reconcile()
+        assert bed.ready() == ("False", "InternalError")
+        assert "spent" in bed.status()["conditions"][0]["message"]
+        assert bed.api.get("Secret", NS, "web-identity") is None
+        (signature,) = [
+            r for r in bed.records("signet.dev/signature") if r["purpose"] == "certificate"
+        ]
+        (delivery,) = bed.deliveries()
+        assert (delivery["outcome"], delivery["reason"]) == ("discarded", "BuildFailed")
+        assert delivery["signature"] == record_hash(signature)
+        assert "encoding failed" in delivery["message"]
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 2  # the CA's bootstrap and the one spent leaf
 
 
 def test_a_missing_issuer_backs_off_and_wakes_when_it_appears(bed: Any, key: str) -> None:

@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from signet.controller.csrs import KIND, CsrController
 from signet.controller.kubeapi import ApiError, Obj
 from signet.kms.emulator import Counters
+from signet.observe.audit import record_hash
 from signet.observe.metrics import Metrics
 from tests.operator.harness import issuer_manifest
 from tests.recorded_kube import RecordedKube
-from tests.unit.bed import RequestBed, bed_fixture, key
+from tests.unit.bed import RequestBed, bed_fixture, break_builder, key
 from tests.unit.bed import signs as _signs
 
 __all__ = ["bed", "key"]  # fixtures, used by name
@@ -195,6 +196,33 @@ def test_a_failed_status_write_keeps_the_signature_for_the_next_pass(
 
     bed(scenario)
     assert _signs(kms_counters, key) == 2  # bootstrap + one leaf, whatever the write did
+
+
+def test_a_leaf_that_fails_to_build_after_kms_signed_is_audited_as_discarded(
+    bed: Any, key: str, kms_counters: Counters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real builder signs through KMS and then raises (no switch makes it fail on
+    demand): the spent signature is explained, the request gets no certificate, and the
+    next pass signs once more rather than never."""
+
+    async def scenario(bed: Bed) -> None:
+        await bed.start(key)
+        repair = break_builder(monkeypatch)
+        await bed.reconcile()
+        assert not bed.certificate()
+        (signature,) = bed.records("signet.dev/signature")
+        (delivery,) = bed.records("signet.dev/delivery")
+        assert (delivery["outcome"], delivery["reason"]) == ("discarded", "BuildFailed")
+        assert delivery["signature"] == record_hash(signature)
+        assert "encoding failed" in delivery["message"]
+        ((_, delay),) = bed.scheduled
+        repair()
+        bed.now += datetime.timedelta(seconds=delay)
+        await bed.reconcile()
+        assert bed.certificate()
+
+    bed(scenario)
+    assert _signs(kms_counters, key) == 3  # bootstrap, the spent leaf, the delivered one
 
 
 def test_a_write_applied_but_answered_with_an_error_is_recognised_from_the_watch(

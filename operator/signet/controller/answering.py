@@ -491,14 +491,7 @@ class RequestController(abc.ABC, Generic[K, R, P]):
                 record=lambda fields: self._audit.signature(**context, **fields),
             )
         except kmskey.SignatureSpentError as error:
-            if error.signature is not None:
-                self._audit.delivery(
-                    error.signature,
-                    outcome="discarded",
-                    reason="BuildFailed",
-                    message=str(error),
-                    **subject,
-                )
+            self._audit.spent(error.signature, error, **subject)
             raise
         return Signed(ident, request.uid, material.kms_key.key_version, leaf, subject)
 

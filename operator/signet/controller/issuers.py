@@ -304,9 +304,7 @@ class IssuerController:
             return IssuerState(False, error.reason, str(error), spec)
         except kmskey.SignatureSpentError as error:
             for signature in bootstrap:
-                self._audit.delivery(
-                    signature, outcome="discarded", reason="BuildFailed", message=str(error)
-                )
+                self._audit.spent(signature, error)
             return IssuerState(False, Reason.INTERNAL_ERROR, str(error), spec)
         except SpecError as error:
             return IssuerState(False, error.reason, error.message, spec)

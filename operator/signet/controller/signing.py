@@ -143,14 +143,7 @@ class Signatures:
                 record=lambda fields: self._audit.signature(**context, **fields),
             )
         except kmskey.SignatureSpentError as error:
-            if error.signature is not None:
-                self._audit.delivery(
-                    error.signature,
-                    outcome="discarded",
-                    reason="BuildFailed",
-                    message=str(error),
-                    certificate=certificate,
-                )
+            self._audit.spent(error.signature, error, certificate=certificate)
             raise
         return Unwritten(
             cert=cert,

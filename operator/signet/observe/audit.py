@@ -142,6 +142,15 @@ class AuditLog:
         why), so a signature without a delivered certificate is explained."""
         self._write(DELIVERY, {"signature": signature, **fields})
 
+    def spent(self, signature: str | None, error: BaseException, **subject: Any) -> None:
+        """Record that a signature was spent on a certificate that could not be built
+        (``kmskey.SignatureSpentError``), so that signature too has its explanation; a
+        signature that never got a record (``None``) has nothing to explain."""
+        if signature is not None:
+            self.delivery(
+                signature, outcome="discarded", reason="BuildFailed", message=str(error), **subject
+            )
+
     def key_event(self, **fields: Any) -> None:
         """Record a fact Signet observed about a KMS key (first use of a key version, a
         key disabled or destroyed), next to the signatures it affects."""
