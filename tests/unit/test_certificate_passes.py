@@ -8,6 +8,7 @@ The clock is injected: a row moves time instead of waiting for it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,31 @@ def test_a_certificate_that_fails_to_build_after_kms_signed_is_audited_as_discar
 
     bed(scenario)
     assert _signs(kms_counters, key) == 2  # the CA's bootstrap and the one spent leaf
+
+
+def test_a_certificate_met_while_its_new_issuer_resolves_waits_for_it(bed: Any, key: str) -> None:
+    """An Issuer and its Certificate applied together: the Certificate's pass can come
+    while the Issuer's first resolution waits on KMS. It is neither pending nor resolved
+    then, and must not be reported missing (a false IssuerNotFound, a Warning Event and a
+    backoff); it waits, and the resolution wakes it."""
+
+    async def scenario(bed: Bed) -> None:
+        manifest = issuer_manifest("ca", key, namespace=NS)
+        bed.api.put("Issuer", manifest)
+        bed.issuers.observe(manifest, deleted=False)
+        bed.certificate()
+        resolving = asyncio.create_task(bed.issuers.reconcile(ISSUER))
+        await asyncio.sleep(0)  # one step of the loop: the task takes the body, awaits KMS
+        assert ISSUER not in bed.issuers.pending and not resolving.done()
+        await bed.reconcile()
+        assert bed.api.writes() == [] and bed.scheduled == []
+        await resolving
+        assert ISSUER in bed.changed
+        await bed.reconcile()  # what on_issuer_change schedules
+        assert bed.ready() == ("True", "Ready")
+        assert "failedIssuanceAttempts" not in bed.status()
+
+    bed(scenario)
 
 
 def test_a_missing_issuer_backs_off_and_wakes_when_it_appears(bed: Any, key: str) -> None:

@@ -85,7 +85,7 @@ async def look_up_issuer(
     state = issuers.states.get(target)
     absent = False
     if state is None:
-        if target in issuers.pending:
+        if issuers.unresolved(target):
             return None
         kind, issuer_namespace, name = target
         absent = await api.get_object(kind, issuer_namespace or None, name) is None

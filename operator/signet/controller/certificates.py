@@ -334,7 +334,7 @@ class CertificateController:
 
     async def _issue(self, ident: CertId, body: Obj, evaluation: Evaluation) -> None:
         spec, summary, decision = evaluation.spec, evaluation.summary, evaluation.decision
-        if evaluation.issuer_state is None and evaluation.issuer in self._issuers.pending:
+        if self._issuers.unresolved(evaluation.issuer):
             return  # observed but not resolved yet; on_issuer_change wakes us
         labels = await self._namespace_labels(ident[0]) if spec.issuer_ref.cluster_scoped else None
         refusal = gates.check(

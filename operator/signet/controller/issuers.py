@@ -112,6 +112,9 @@ class IssuerController:
         )
         self.states: dict[IssuerId, IssuerState] = {}
         self.pending: dict[IssuerId, Obj] = {}
+        """Issuers seen by the watch and not yet taken up by a reconcile."""
+        self._resolving: set[IssuerId] = set()
+        """Issuers a reconcile has taken up and not yet given a state."""
         self._key_facts: dict[str, str] = {}
         """Last fact audited per key version, so a fact is recorded when it changes."""
         self._metrics = metrics
@@ -164,6 +167,13 @@ class IssuerController:
             )
         return self._signers.signer(key_version, spec)
 
+    def unresolved(self, ident: IssuerId) -> bool:
+        """Whether the issuer is seen but has no state yet: still pending, or in its first
+        resolution, which awaits KMS. A request naming it waits to be woken by that
+        resolution (`on_change`) rather than report the issuer missing: an Issuer applied
+        together with its Certificates is not a missing one."""
+        return ident not in self.states and (ident in self.pending or ident in self._resolving)
+
     def observe(self, body: Obj, deleted: bool) -> None:
         ident = issuer_id(body)
         if deleted:
@@ -191,7 +201,11 @@ class IssuerController:
                 self.states.pop(ident, None)
                 return
         previous = self.states.get(ident)
-        state = await self._resolve(ident, body, previous)
+        self._resolving.add(ident)
+        try:
+            state = await self._resolve(ident, body, previous)
+        finally:
+            self._resolving.discard(ident)
         if state.ready:
             state.failures = 0
             self._schedule(ident, _next_look(state))
