@@ -144,8 +144,9 @@ class AuditLog:
 
     def spent(self, signature: str | None, error: BaseException, **subject: Any) -> None:
         """Record that a signature was spent on a certificate that could not be built
-        (``kmskey.SignatureSpentError``), so that signature too has its explanation; a
-        signature that never got a record (``None``) has nothing to explain."""
+        (``kmskey.SignatureSpentError``), so that signature too has its explanation.
+        ``None`` is a signature whose own record could not be written: there is no record
+        to attach this one to."""
         if signature is not None:
             self.delivery(
                 signature, outcome="discarded", reason="BuildFailed", message=str(error), **subject
