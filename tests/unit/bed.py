@@ -48,6 +48,7 @@ class ControllerBed:
 
     def __init__(self, api: RecordedKube, address: str, audit_path: Path) -> None:
         self.api = api
+        self.address = address
         self.now = datetime.datetime.now(datetime.UTC)
         self.scheduled: list[tuple[Any, float]] = []
         """The next looks asked for, (ident, delay)."""

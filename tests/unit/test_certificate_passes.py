@@ -328,6 +328,31 @@ def test_a_certificate_met_while_its_new_issuer_resolves_waits_for_it(bed: Any, 
     bed(scenario)
 
 
+def test_a_restarted_operator_tells_of_an_issuer_only_if_its_status_changes(
+    bed: Any, key: str
+) -> None:
+    """A new process resolves every Issuer afresh. One whose stored status already says
+    what it finds gets no status write and no second Ready Event: a restart writes nothing
+    an SRE would read as news."""
+
+    async def scenario(bed: Bed) -> None:
+        await bed.issuer(key)
+        assert [m for m, _ in bed.api.writes()] == ["patch_status", "create_event"]
+        bed.api.calls.clear()
+        restarted = ControllerBed(bed.api, bed.address, bed.audit_path)
+        try:
+            await restarted.issuers.reconcile(ISSUER)
+            await restarted.events.drain()
+            assert restarted.issuers.states[ISSUER].ready
+            assert bed.api.writes() == []
+            await bed.issuer(key, ssh={"enabled": False})  # a change is news again
+            assert [m for m, _ in bed.api.writes()] == ["patch_status", "create_event"]
+        finally:
+            await restarted.close()
+
+    bed(scenario)
+
+
 def test_a_missing_issuer_backs_off_and_wakes_when_it_appears(bed: Any, key: str) -> None:
     async def scenario(bed: Bed) -> None:
         bed.certificate()

@@ -232,9 +232,10 @@ class IssuerController:
                     message="the issuer changed before its bootstrap CA was published",
                 )
         leads = self.leads(ident)
+        said = False  # the stored status already says all of this (a restart, a resync)
         try:
             if leads:
-                await self._write_status(body, state)
+                said = not await self._write_status(body, state)
         except ApiError as error:
             logger.warning("%s %s: status not written: %s", kind, name, error)
             self._schedule(ident, retry_delay(max(state.failures, 1)).total_seconds())
@@ -250,7 +251,7 @@ class IssuerController:
                     target="status.caCertificate",
                 )
                 state.bootstrap = None
-        if changed and leads:
+        if changed and leads and not said:
             if state.ready:
                 self._events.post(body, type="Normal", reason="Ready", message=state.message)
             else:
@@ -479,7 +480,8 @@ class IssuerController:
         logger.info("bootstrapped self-signed CA for %s with %s", spec.ref, spec.key_version)
         return CaChain((certificate,))
 
-    async def _write_status(self, body: Obj, state: IssuerState) -> None:
+    async def _write_status(self, body: Obj, state: IssuerState) -> bool:
+        """Whether the status needed writing (it did not already say this state)."""
         current = body.get("status") or {}
         desired = issuerstatus.desired(
             current,
@@ -492,9 +494,10 @@ class IssuerController:
         )
         patch = issuerstatus.patch(current, desired)
         if patch is None:
-            return
+            return False
         kind, namespace, name = issuer_id(body)
         await self._api.patch_status(kind, namespace or None, name, patch)
+        return True
 
 
 def _next_look(state: IssuerState) -> float:
