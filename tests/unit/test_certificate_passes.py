@@ -289,7 +289,8 @@ def test_a_certificate_that_fails_to_build_after_kms_signed_is_audited_as_discar
         break_builder(monkeypatch)
         await bed.reconcile()
         assert bed.ready() == ("False", "InternalError")
-        assert "spent" in bed.status()["conditions"][0]["message"]
+        (ready,) = [c for c in bed.status()["conditions"] if c["type"] == "Ready"]
+        assert "spent" in ready["message"]
         assert bed.api.get("Secret", NS, "web-identity") is None
         (signature,) = [
             r for r in bed.records("signet.dev/signature") if r["purpose"] == "certificate"
