@@ -578,6 +578,11 @@ def _restart(env: Env, namespaces: list[str], keys: list[CertKey], name: str) ->
         "certificate_status_writes": sum(
             1 for k, v in certs_after.items() if certs_before.get(k) != v
         ),
+        "event_writes": sum(
+            count
+            for request, count in spent["requests"].items()
+            if request in ("POST events", "PATCH events")
+        ),
         "metrics_up_s": round(metrics_up_s, 2),
         "idle_after_spawn_s": round(idle_total_s, 2),
         "idle_after_metrics_up_s": round(idle_s, 2),
@@ -598,6 +603,7 @@ def _restart_summary(n: int, restarts: Sequence[dict[str, Any]]) -> dict[str, An
         "secret_writes_metric": max(r["secret_writes_metric"] for r in restarts),
         "secrets_changed": sum(r["secrets_changed"] for r in restarts),
         "certificate_status_writes": sum(r["certificate_status_writes"] for r in restarts),
+        "event_writes": sum(r["event_writes"] for r in restarts),
         "idle_after_spawn_s": round(statistics.median(idle), 2),
         "idle_after_spawn_spread_s": noise.spread(idle),
         "cpu_s": {

@@ -157,6 +157,7 @@ def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
         add("restart", "KMS signatures", r["kms_sign_calls"], "0", r["kms_sign_calls"] == 0)
         add("restart", "Secret writes", r["secrets_changed"], "0", r["secrets_changed"] == 0)
         add("restart", "status writes", r["certificate_status_writes"], "0", None)
+        add("restart", "Event writes", r["event_writes"], "0", r["event_writes"] == 0)
         idle, limit = r["idle_after_spawn_s"], settle_target_s(r["certificates"])
         add(
             "restart",
