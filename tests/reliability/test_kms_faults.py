@@ -19,6 +19,7 @@ from tests.kube import Kube
 from tests.operator.harness import (
     OperatorProcess,
     condition,
+    issuer_manifest,
 )
 from tests.reliability.conftest import Recorder
 from tests.reliability.helpers import (
@@ -252,6 +253,38 @@ def test_kms_latency_500ms(
     record(
         "KMS latency 500 ms, batch of 16",
         f"no failures, up to {in_flight} signatures in flight",
+        elapsed,
+    )
+
+
+def test_an_issuer_applied_with_its_certificates_while_kms_is_slow(
+    crds: Kube,
+    namespace: str,
+    signet_operator: OperatorProcess,
+    kms_key_factory: KeyFactory,
+    kms_faults: Faults,
+    record: Recorder,
+) -> None:
+    """An Issuer and its Certificates applied together, KMS taking a second over the
+    Issuer's public key: the Certificates wait for the Issuer to resolve. They are not
+    failed as if it did not exist (no IssuerNotFound Event, no failed attempt)."""
+    key_version = kms_key_factory("EC_SIGN_P256_SHA256", fresh=True)
+    names = [f"w{i}" for i in range(8)]
+    kms_faults.methods = frozenset({"GetPublicKey"})
+    kms_faults.latency_s = 1.0
+    start = time.monotonic()
+    crds.apply(issuer_manifest("ca", key_version, namespace=namespace))
+    create_certificates(crds, namespace, "ca", names)
+    done = wait_all(crds, namespace, names, timeout=60)
+    elapsed = time.monotonic() - start
+    assert all("failedIssuanceAttempts" not in c["status"] for c in done.values())
+    # An IssuerNotFound Event is posted right after the status it describes, seconds
+    # before the retry that would make the Certificate Ready: by now it would be listed.
+    events = crds.core.list_namespaced_event(namespace).items
+    assert [e.reason for e in events if e.type == "Warning"] == []
+    record(
+        "Issuer and 8 Certificates applied together, GetPublicKey 1 s slow",
+        "all Ready at the first attempt; 0 Warning Events (no IssuerNotFound)",
         elapsed,
     )
 
