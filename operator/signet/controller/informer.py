@@ -46,7 +46,9 @@ Sink = Callable[[str | None, Obj], None]
 next page waits for it."""
 
 LIST_PAGE = 50
-"""Objects per list request, here and in kopf's listings (its ``chunk_size``)."""
+"""Objects per list request, here and in kopf's listings (its ``chunk_size``). client-go
+asks for 500; here larger pages spared the apiserver less than they cost the operator in
+CPU and resident memory (``bench/README.md``, tenth round)."""
 WATCH_SECONDS = 300
 """How long the apiserver keeps one watch request open (``timeoutSeconds``); the watch
 is then opened again from the last version seen."""
