@@ -51,8 +51,10 @@ def is_leader(status: dict[str, Any], priority: int, now: datetime.datetime) -> 
 def may_start_leading(
     status: dict[str, Any], priority: int, now: datetime.datetime, joined_for: float
 ) -> bool:
-    """Whether a replica that is not acting yet may begin: it leads, and either no other
-    peer is alive or it has been in the peering for `JOIN_GRACE` seconds."""
+    """Whether a replica that is not acting yet may begin: it leads, and either it has
+    been in the peering for `JOIN_GRACE` seconds or no live peer has another priority.
+    The status does not say which entry is this replica's own, so a live peer of the same
+    priority counts as this one; such a peer would lead beside it anyway (`is_leader`)."""
     live = _live_priorities(status, now)
     if any(other > priority for other in live):
         return False
